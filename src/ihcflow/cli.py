@@ -1,0 +1,135 @@
+"""The `ihcflow` command line: data set-up and params composition (stages run via `dvc repro`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+ROOT_MARKERS = ("dvc.yaml", "conf")
+
+
+def _synth_defaults(root: Path) -> dict[str, Any]:
+    """`data.synth` from params.yaml, else from conf/data/default.yaml."""
+    for path, key in ((root / "params.yaml", "data.synth"), (root / "conf/data/default.yaml", "synth")):
+        if path.is_file():
+            node = OmegaConf.select(OmegaConf.load(path), key)
+            if node is not None:
+                return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
+    return {}
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from ihcflow.data import synth
+
+    opts = _synth_defaults(Path.cwd())
+    for key in ("per_class", "patients", "size", "seed"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    if args.classes:
+        opts["classes"] = args.classes.split(",")
+    if "classes" in opts:
+        opts["classes"] = tuple(opts["classes"])
+    files = synth.generate(Path(args.out), overwrite=args.overwrite, **opts)
+    print(f"wrote {len(files)} images to {args.out}/ ({', '.join(opts.get('classes', ()))})")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from ihcflow.data import importers
+
+    src = Path(args.src)
+    classes = args.classes.split(",") if args.classes else None
+    if src.suffix.lower() == ".npz":
+        summary = importers.import_npz(src, Path(args.out), classes=classes, replace=args.replace)
+    else:
+        summary = importers.import_folder(src, Path(args.out), replace=args.replace)
+    print(summary.describe() if hasattr(summary, "describe") else summary)
+    print(f"next: `dvc add {args.out}` and commit {args.out}.dvc to version it")
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    from ihcflow.data.fetch import get_data
+
+    result = get_data(Path.cwd(), _synth_defaults(Path.cwd()), data=args.data)
+    print(f"data: {result.message}")
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    """Compose params.yaml from conf/ exactly as `dvc exp run -S ...` does."""
+    import tempfile
+
+    from dvc.utils.hydra import compose_and_dump
+
+    root = Path.cwd()
+    out = root / "params.yaml"
+    with tempfile.TemporaryDirectory() as tmp:
+        composed = Path(tmp) / "params.yaml"
+        compose_and_dump(composed, str(root / "conf"), None, "config", str(root), args.overrides)
+        text = composed.read_text(encoding="utf-8")
+    if args.check:
+        if not out.is_file() or out.read_text(encoding="utf-8") != text:
+            print("params.yaml is out of date with conf/: run `make params`", file=sys.stderr)
+            return 1
+        print("params.yaml matches conf/")
+        return 0
+    from ihcflow.io import write_text_atomic
+
+    write_text_atomic(out, text)
+    print(f"wrote {out.name} from conf/ (overrides: {' '.join(args.overrides) or 'none'})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ihcflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="get, generate or import raw images into data/")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    get = data_sub.add_parser("get", help="make data/ match data.dvc: checkout, pull or regenerate")
+    get.add_argument("--data", default="data")
+    get.set_defaults(func=_cmd_get)
+
+    syn = data_sub.add_parser("synth", help="write the deterministic synthetic IHC sample")
+    syn.add_argument("--out", default="data")
+    syn.add_argument("--per-class", type=int, dest="per_class")
+    syn.add_argument("--patients", type=int)
+    syn.add_argument("--size", type=int)
+    syn.add_argument("--seed", type=int)
+    syn.add_argument("--classes", help="comma-separated class names")
+    syn.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    syn.set_defaults(func=_cmd_synth)
+
+    imp = data_sub.add_parser("import", help="import a class-folder tree or a MedMNIST .npz")
+    imp.add_argument("src", help="folder (layout 1 or 2) or .npz file")
+    imp.add_argument("--out", default="data")
+    imp.add_argument("--classes", help="comma-separated class names for an .npz")
+    imp.add_argument(
+        "--replace", action="store_true", help="replace a non-empty --out (old kept beside it)"
+    )
+    imp.set_defaults(func=_cmd_import)
+
+    params = sub.add_parser("params", help="compose params.yaml from conf/ (as dvc exp run does)")
+    params.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resnet")
+    params.add_argument("--check", action="store_true", help="exit 1 if params.yaml is stale")
+    params.set_defaults(func=_cmd_params)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"ihcflow: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

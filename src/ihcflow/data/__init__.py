@@ -1,0 +1,1 @@
+"""Raw data: folder layouts, the built-in synthetic sample and importers."""
