@@ -1,0 +1,116 @@
+"""The data half of the graph under the real DVC: validate -> preprocess -> split."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import BIN, REPO, run_cmd
+
+IHCFLOW = str(BIN / "ihcflow")
+DVC = str(BIN / "dvc")
+SMALL = ["--per-class", "10", "--patients", "5", "--size", "96"]
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def set_param(root: Path, dotted: str, value: object) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    node = params
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_repro_split_then_noop_then_preprocess_param_reruns_only_downstream(project) -> None:
+    root = project()
+    set_param(root, "preprocess.size", 64)
+    run_cmd([IHCFLOW, "data", "synth", *SMALL], root)
+    run_cmd([DVC, "add", "-q", "data"], root)
+
+    first = run_cmd([DVC, "repro", "split"], root)
+    assert ran_stages(first.stdout) == ["validate", "preprocess", "split"]
+
+    split = pd.read_csv(root / "processed/split.csv")
+    assert len(split) == 50
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert all((root / p).is_file() for p in split["image"])
+    # group-aware: a patient never straddles two splits
+    assert split.groupby("group")["split"].nunique().max() == 1
+    features = pd.read_csv(root / "reports/data/features.csv")
+    assert len(features) == 50 and {"brightness", "dab_mean", "sharpness"} <= set(features.columns)
+
+    second = run_cmd([DVC, "repro", "split"], root)
+    assert ran_stages(second.stdout) == []
+    assert run_cmd([DVC, "status", "split"], root).stdout.strip().endswith("up to date.")
+
+    set_param(root, "preprocess.size", 48)
+    third = run_cmd([DVC, "repro", "split"], root)
+    assert ran_stages(third.stdout) == ["preprocess", "split"]
+
+
+@pytest.mark.slow
+def test_validate_reports_bad_files_and_pipeline_continues(project) -> None:
+    root = project()
+    run_cmd([IHCFLOW, "data", "synth", *SMALL], root)
+    (root / "data/Er/broken.png").write_bytes(b"not a png at all")
+    (root / "data/Pr/empty.jpg").write_bytes(b"")
+    run_cmd([DVC, "repro", "split"], root)
+    report = yaml.safe_load((root / "reports/data/validation.json").read_text())
+    reasons = {r["path"]: r["reason"] for r in report["rejected"]}
+    assert reasons == {"Er/broken.png": "not_an_image", "Pr/empty.jpg": "empty"}
+    manifest = pd.read_csv(root / "processed/manifest.csv")
+    assert len(manifest) == 50
+    assert (root / "data/Er/broken.png").exists()  # reported, never deleted
+
+
+def test_data_get_synthesizes_then_restores_the_same_sample(project) -> None:
+    root = project()
+    # a small sample keeps this fast; data.dvc records how it was made
+    set_param(root, "data.synth.per_class", 4)
+    set_param(root, "data.synth.size", 64)
+    out = run_cmd([IHCFLOW, "data", "get"], root).stdout
+    assert "built-in sample written" in out
+    recorded = yaml.safe_load((root / "data.dvc").read_text())
+    assert recorded["meta"]["source"] == "ihcflow data synth"
+    md5 = recorded["outs"][0]["md5"]
+
+    # data/ deleted: restored from the local DVC cache
+    run_cmd(["rm", "-rf", "data"], root)
+    assert "local DVC cache" in run_cmd([IHCFLOW, "data", "get"], root).stdout
+
+    # cache gone too (a fresh clone without a remote): regenerated, byte-identical
+    run_cmd(["rm", "-rf", "data", ".dvc/cache"], root)
+    out = run_cmd([IHCFLOW, "data", "get"], root).stdout
+    assert "matches data.dvc" in out
+    assert yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"] == md5
+
+    # a user's own edits are never overwritten
+    (root / "data/Er/extra.png").write_bytes((root / "data/Pr").iterdir().__next__().read_bytes())
+    assert "differs from data.dvc" in run_cmd([IHCFLOW, "data", "get"], root).stdout
+    assert (root / "data/Er/extra.png").exists()
+
+
+def test_data_get_refuses_to_replace_missing_user_data_with_the_sample(project) -> None:
+    root = project()
+    run_cmd([IHCFLOW, "data", "synth", "--per-class", "3", "--size", "32"], root)
+    run_cmd([DVC, "add", "-q", "data"], root)  # the user's data: no sample marker
+    run_cmd(["rm", "-rf", "data", ".dvc/cache"], root)
+    proc = run_cmd([IHCFLOW, "data", "get"], root, check=False)
+    assert proc.returncode == 2
+    assert "records your own data" in proc.stderr
+    assert not (root / "data").exists()
+
+
+def test_params_yaml_is_composed_from_conf() -> None:
+    proc = run_cmd([sys.executable, "-m", "ihcflow.cli", "params", "--check"], REPO)
+    assert "matches" in proc.stdout
