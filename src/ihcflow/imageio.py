@@ -7,14 +7,17 @@ other inputs are rejected with an :class:`ImageError` that names the file and th
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; larger files are refused before decoding
@@ -34,6 +37,8 @@ _CONVERTED_MODES = {
     "1": "1-bit image converted to RGB",
 }
 _SUPPORTED_MODES = frozenset({"RGB", *_CONVERTED_MODES})
+_ALPHA_MODES = frozenset({"LA", "PA", "RGBA"})
+_TRANSPARENT_NOTE = "transparent colour composited on white"
 
 
 class ImageError(ValueError):
@@ -70,21 +75,106 @@ def _mode_depth(mode: str) -> int:
     return 8
 
 
+# File signatures: a file that starts like an image but cannot be opened is corrupt or of an
+# unsupported variant, not "not an image".
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+)
+_SAMPLE_FORMATS = {1: "unsigned int", 2: "signed int", 3: "float", 4: "undefined"}
+
+
+@contextlib.contextmanager
+def _pil_guard() -> Iterator[None]:
+    """Silence PIL's warnings (corrupt EXIF, bomb warning): errors are ours to raise.
+
+    The pixel limit is enforced by :func:`probe` with ``max_pixels``; PIL's own
+    ``DecompressionBombError`` (above twice ``Image.MAX_IMAGE_PIXELS``) is still caught.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _sniff(data: bytes) -> str | None:
+    for magic, fmt in _SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _tiff_layout(data: bytes) -> str:
+    """Describe a TIFF's sample layout from its first IFD, for error messages."""
+    try:
+        fp = io.BytesIO(data)
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(fp.read(8))
+        fp.seek(ifd.next)
+        ifd.load(fp)
+        fmt = ifd.get(339)
+        fmt = fmt[0] if isinstance(fmt, tuple) and fmt else fmt
+        return (
+            f"samples per pixel {ifd.get(277, 1)}, bits per sample {ifd.get(258)}, "
+            f"sample format {_SAMPLE_FORMATS.get(fmt or 1, fmt)}, photometric {ifd.get(262)}"
+        )
+    except Exception:  # a broken IFD: the caller reports the file as corrupt anyway
+        return "unreadable tags"
+
+
+def _unidentified(data: bytes, source: str) -> ImageError:
+    """Say why PIL could not open ``data``: not an image, corrupt, or an unsupported variant."""
+    fmt = _sniff(data)
+    if fmt is None:
+        return ImageError(source, "not_an_image", "not an image (no known image header)")
+    try:
+        with _pil_guard():
+            Image.OPEN[fmt][0](io.BytesIO(data), "")
+    except Exception as exc:  # the plugin's own error names the problem
+        msg = str(exc) or type(exc).__name__
+    else:
+        msg = "unknown error"
+    if re.search(r"mode|unsupported", msg, re.IGNORECASE):
+        layout = f" ({_tiff_layout(data)})" if fmt == "TIFF" else ""
+        return ImageError(
+            source, "unsupported_mode", f"unsupported {fmt} pixel format: {msg}{layout}"
+        )
+    return ImageError(source, "corrupt", f"corrupt {fmt} header: {msg}")
+
+
+def _raw_mode(img: Image.Image) -> str:
+    """The sample layout stored in the file (e.g. ``RGB;16B``), which PIL's mode hides."""
+    for tile in getattr(img, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str):
+            return raw
+    return ""
+
+
 def probe(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Read the header only: format, size and mode. Refuses decompression bombs early."""
     if not data:
         raise ImageError(source, "empty", "file is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+        with _pil_guard(), Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            mode = img.mode
+            fmt = str(img.format)
+            raw_mode = _raw_mode(img)
+            n_frames = getattr(img, "n_frames", 1) if width * height <= max_pixels else 1
+            has_transparency = "transparency" in img.info
     except UnidentifiedImageError:
-        raise ImageError(source, "not_an_image", "not an image (no known image header)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _unidentified(data, source) from None
+    except Image.DecompressionBombError as exc:
         raise ImageError(source, "too_large", f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # PIL raises many types on malformed headers
         raise ImageError(source, "corrupt", f"corrupt image header: {exc}") from None
-    width, height = img.size
     if width * height > max_pixels:
         raise ImageError(
             source,
@@ -93,41 +183,46 @@ def probe(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         )
     if width == 0 or height == 0:
         raise ImageError(source, "corrupt", f"image has zero size {width}x{height}")
-    mode = img.mode
-    # 48/64-bit RGB(A) PNG and TIFF open in PIL as 8-bit modes; the raw mode tells the truth.
-    raw_mode = str(getattr(img, "_raw_mode", "") or img.info.get("mode", "") or "")
-    bit_depth = 16 if ("16" in raw_mode and mode in {"RGB", "RGBA"}) else _mode_depth(mode)
-    if getattr(img, "n_frames", 1) > 1:
-        notes = [f"{img.n_frames} frames/pages: only the first is used"]
-    else:
-        notes = []
     if mode not in _SUPPORTED_MODES:
         raise ImageError(
-            source, "unsupported_mode", f"unsupported image mode {mode!r} ({img.format})"
+            source, "unsupported_mode", f"unsupported image mode {mode!r} ({fmt}): convert to RGB"
         )
+    # 48/64-bit RGB(A) and 16-bit LA open in PIL as 8-bit modes; the raw mode tells the truth.
+    wide = ";16" in raw_mode and not mode.startswith("I")
+    bit_depth = 16 if wide else _mode_depth(mode)
+    notes = [f"{n_frames} frames/pages: only the first is used"] if n_frames > 1 else []
     if mode in _CONVERTED_MODES:
         notes.append(_CONVERTED_MODES[mode])
-    if bit_depth == 16 and mode in {"RGB", "RGBA"}:
-        notes.append("16-bit colour scaled to 8-bit")
+    if wide:
+        notes.append("16-bit samples scaled to 8-bit")
+    if has_transparency and mode in {"L", "P", "RGB", "1"}:
+        notes.append(_TRANSPARENT_NOTE)
     return ImageInfo(
         width=width,
         height=height,
         channels=_MODE_CHANNELS.get(mode, 1),
         bit_depth=bit_depth,
         mode=mode,
-        format=str(img.format),
+        format=fmt,
         notes=notes,
     )
 
 
 def verify_decodes(data: bytes, source: str) -> None:
-    """Fully decode with PIL to catch truncated or corrupt pixel data (cv2 only warns)."""
+    """Fully decode with PIL to catch truncated or corrupt pixel data (cv2 only warns).
+
+    Call :func:`probe` first: it enforces the pixel limit before anything is decoded.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with _pil_guard(), Image.open(io.BytesIO(data)) as img:
             img.load()
     except Image.DecompressionBombError as exc:
         raise ImageError(source, "too_large", f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except MemoryError:
+        raise ImageError(
+            source, "too_large", "image too large: out of memory decoding it"
+        ) from None
+    except Exception as exc:  # OSError, SyntaxError, ValueError, struct.error, ...
         raise ImageError(source, "corrupt", f"truncated or corrupt image data: {exc}") from None
 
 
@@ -157,19 +252,23 @@ def decode_rgb8(
 ) -> tuple[np.ndarray, ImageInfo]:
     """Decode ``data`` to an (H, W, 3) uint8 RGB array.
 
-    ``strict`` also runs a full PIL decode to reject truncated files (OpenCV decodes a
-    truncated JPEG with a grey tail and only a warning). Stages after ``validate`` pass
+    ``strict`` also runs a full PIL decode to reject truncated or damaged pixel data that
+    OpenCV may accept with only a message on stderr. Stages after ``validate`` pass
     ``strict=False`` because validation already did it.
     """
     info = probe(data, source, max_pixels)
     if strict:
         verify_decodes(data, source)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        arr = None
     if arr is None:
         arr = _decode_with_pil(data, source)
     else:
-        arr = _cv2_to_rgb(arr, source)
+        # A 4th channel is alpha only if the file says so (an RGBX TIFF's extra sample is not).
+        has_alpha = info.mode in _ALPHA_MODES or _TRANSPARENT_NOTE in info.notes
+        arr = _cv2_to_rgb(arr, source, has_alpha=has_alpha)
     if arr.shape[:2] != (info.height, info.width):
         raise ImageError(
             source,
@@ -180,7 +279,7 @@ def decode_rgb8(
     return np.ascontiguousarray(arr), info
 
 
-def _cv2_to_rgb(arr: np.ndarray, source: str) -> np.ndarray:
+def _cv2_to_rgb(arr: np.ndarray, source: str, *, has_alpha: bool) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
@@ -192,21 +291,24 @@ def _cv2_to_rgb(arr: np.ndarray, source: str) -> np.ndarray:
     arr = _to_uint8(arr, source)
     if arr.shape[2] == 4:
         rgb = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
-        return _composite_on_white(rgb, arr[..., 3])
+        return _composite_on_white(rgb, arr[..., 3]) if has_alpha else rgb
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
 def _decode_with_pil(data: bytes, source: str) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with _pil_guard(), Image.open(io.BytesIO(data)) as img:
             img.load()
-            if img.mode in {"LA", "PA", "RGBA", "P"}:
+            transparent = "transparency" in img.info and img.mode in {"L", "RGB", "1"}
+            if transparent or img.mode in {"LA", "PA", "RGBA", "P"}:
                 rgba = np.asarray(img.convert("RGBA"))
                 return _composite_on_white(rgba[..., :3], rgba[..., 3])
             if img.mode.startswith("I"):
                 gray = _to_uint8(np.asarray(img).astype(np.uint32), source)
                 return np.repeat(gray[..., None], 3, axis=2)
             return np.asarray(img.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(source, "too_large", f"image too large: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(source, "corrupt", f"cannot decode image: {exc}") from None
 
@@ -222,8 +324,9 @@ def encode_png(rgb: np.ndarray, compression: int = 1) -> bytes:
     """Encode an RGB uint8 array as PNG bytes (fast compression level by default)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    ok, buf = cv2.imencode(
+        ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    )
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()

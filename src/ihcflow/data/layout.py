@@ -42,8 +42,9 @@ def _class_files(class_dir: Path, root: Path) -> list[str]:
     return sorted(
         p.relative_to(root).as_posix()
         for p in class_dir.rglob("*")
-        if p.is_file() and all(_visible(part) for part in p.relative_to(root).parents
-                               if part != Path(".")) and _visible(p)
+        if p.is_file()
+        and all(_visible(part) for part in p.relative_to(root).parents if part != Path())
+        and _visible(p)
     )
 
 
@@ -62,24 +63,35 @@ def discover(data_dir: str | Path) -> Layout:
             for class_dir in sorted(p for p in split.iterdir() if p.is_dir() and _visible(p))
             for rel in _class_files(class_dir, root)
         ]
-        stray = [p.relative_to(root).as_posix() for s in top for p in s.iterdir()
-                 if p.is_file() and _visible(p)]
+        stray = [
+            p.relative_to(root).as_posix()
+            for s in top
+            for p in s.iterdir()
+            if p.is_file() and _visible(p)
+        ]
         if stray:
             raise DatasetError(
                 f"{root}: layout 2 (train/test) expects class folders inside each split, "
                 f"found files {stray[:5]}"
             )
-        classes = sorted({e.label for e in entries} | {
-            c.name for s in top for c in s.iterdir() if c.is_dir() and _visible(c)})
+        classes = sorted(
+            {e.label for e in entries}
+            | {c.name for s in top for c in s.iterdir() if c.is_dir() and _visible(c)}
+        )
     elif names & set(GIVEN_SPLITS) and len(names & set(GIVEN_SPLITS)) >= 2:
+        splits, others = sorted(names & set(GIVEN_SPLITS)), sorted(names - set(GIVEN_SPLITS))
         raise DatasetError(
-            f"{root}: found split folders {sorted(names & set(GIVEN_SPLITS))} but layout 2 needs "
-            f"both train/ and test/ and nothing else at the top (also found {sorted(names - set(GIVEN_SPLITS))})"
+            f"{root}: found split folders {splits} but layout 2 needs both train/ and test/ "
+            f"and nothing else at the top (also found {others})"
         )
     else:
         kind = 1
         entries = [Entry(rel, d.name, "") for d in top for rel in _class_files(d, root)]
         classes = sorted(names)
     if len(classes) < 2:
-        raise DatasetError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2")
-    return Layout(kind=kind, classes=tuple(classes), entries=tuple(sorted(entries, key=lambda e: e.path)))
+        raise DatasetError(
+            f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2"
+        )
+    return Layout(
+        kind=kind, classes=tuple(classes), entries=tuple(sorted(entries, key=lambda e: e.path))
+    )
