@@ -1,0 +1,126 @@
+"""Stage `evaluate`: score the trained model on the test split; metrics, plots, predictions.
+
+Reads the checkpoint, processed/split.csv and processed/images/; writes reports/metrics.json
+(DVC metrics), reports/predictions.csv, and reports/plots/ (confusion.csv and roc.csv for DVC
+plots, confusion.png, roc.png and misclassified.png to view offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ihcflow import plots
+from ihcflow.evaluation import Predictor, evaluate_split, roc_points
+from ihcflow.io import load_params, write_csv_atomic, write_json_atomic
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame  # path, image, class, predicted, prob_<class>...
+    roc: pd.DataFrame  # class, fpr, tpr, threshold
+    class_names: list[str]
+
+
+def run(
+    predictor: Predictor, params: Mapping[str, Any], *, split_csv: Path, root: Path
+) -> Evaluation:
+    metrics, predictions = evaluate_split(
+        predictor,
+        split_csv,
+        root,
+        split=str(params.get("split", "test")),
+        batch_size=int(params.get("batch_size", 64)),
+    )
+    class_names = list(predictor.class_names)
+    index = {name: i for i, name in enumerate(class_names)}
+    y_true = predictions["class"].map(index).to_numpy()
+    probs = predictions[[f"prob_{c}" for c in class_names]].to_numpy()
+    return Evaluation(metrics, predictions, roc_points(y_true, probs, class_names), class_names)
+
+
+def write_outputs(
+    result: Evaluation,
+    params: Mapping[str, Any],
+    *,
+    root: Path,
+    input_size: int,
+    metrics_path: Path,
+    predictions_path: Path,
+    plots_dir: Path,
+) -> int:
+    """Write every output; returns how many misclassified images the grid shows."""
+    write_json_atomic(metrics_path, result.metrics)
+    write_csv_atomic(predictions_path, result.predictions)
+    confusion = result.predictions[["class", "predicted"]].rename(columns={"class": "actual"})
+    write_csv_atomic(plots_dir / "confusion.csv", confusion)
+    write_csv_atomic(plots_dir / "roc.csv", result.roc)
+    counts = plots.confusion_counts(confusion["actual"], confusion["predicted"], result.class_names)
+    plots.plot_confusion(counts, result.class_names, plots_dir / "confusion.png")
+    auroc = {c: s["auroc"] for c, s in result.metrics["per_class"].items()}
+    plots.plot_roc(result.roc, auroc, plots_dir / "roc.png")
+    grid = params.get("misclassified") or {}
+    return plots.plot_misclassified(
+        result.predictions,
+        root,
+        input_size,
+        plots_dir / "misclassified.png",
+        max_images=int(grid.get("max_images", 25)),
+        ncols=int(grid.get("columns", 5)),
+    )
+
+
+def _print_summary(metrics: Mapping[str, Any], shown: int) -> None:
+    keys = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
+    values = {k: metrics[k] for k in keys}
+    print(f"test images: {metrics['n_test']}")
+    for key, value in values.items():
+        print(f"  {key:<18} {'n/a' if value is None else f'{value:.4f}'}")
+    frame = pd.DataFrame(metrics["per_class"]).T[["precision", "recall", "f1", "support"]]
+    frame = frame.astype({"precision": float, "recall": float, "f1": float, "support": int})
+    print(frame.to_string(float_format=lambda v: f"{v:.3f}"))
+    if metrics["n_classes_in_test"] < len(metrics["per_class"]):
+        print("warning: some classes have no test image; macro averages leave them out")
+    print(f"misclassified images shown in the grid: {shown}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/checkpoints/best.ckpt"))
+    parser.add_argument("--split", type=Path, default=Path("processed/split.csv"))
+    parser.add_argument(
+        "--root", type=Path, default=Path(), help="split.csv paths are relative to it"
+    )
+    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
+    parser.add_argument("--predictions", type=Path, default=Path("reports/predictions.csv"))
+    parser.add_argument("--plots", type=Path, default=Path("reports/plots"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params).evaluate
+    from ihcflow.training.predictor import load_predictor
+
+    try:
+        predictor = load_predictor(args.checkpoint)
+        result = run(predictor, params, split_csv=args.split, root=args.root)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"evaluate: {exc}") from None
+    shown = write_outputs(
+        result,
+        params,
+        root=args.root,
+        input_size=predictor.input_size,
+        metrics_path=args.metrics,
+        predictions_path=args.predictions,
+        plots_dir=args.plots,
+    )
+    _print_summary(result.metrics, shown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Stage `register`: the gate. Export and register the model only if the metrics pass.
+
+Reads reports/metrics.json, reports/predictions.csv, the checkpoint and params `gate`; on pass
+writes models/model.onnx, models/model.json and models/MODEL_CARD.md (replaced as one set).
+On fail it exits non-zero with each metric against its threshold, leaving models/ untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from ihcflow.io import load_params
+from ihcflow.registry import ExportablePredictor, register, summary_line
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def run(
+    predictor: ExportablePredictor,
+    gate: Mapping[str, Any],
+    *,
+    checkpoint: Path,
+    metrics_path: Path,
+    predictions_path: Path,
+    split_csv: Path,
+    root: Path,
+    models_dir: Path,
+    preprocess: Mapping[str, Any] | None = None,
+    train_summary_path: Path | None = None,
+) -> dict[str, Any]:
+    """Gate and register; returns model.json. Raises ``GateFailed`` (SystemExit) on fail."""
+    metrics = _read_json(metrics_path, "metrics (run the evaluate stage)")
+    if not predictions_path.is_file():
+        raise FileNotFoundError(f"{predictions_path}: predictions not found (run evaluate)")
+    predictions = pd.read_csv(predictions_path, keep_default_na=False)
+    summary = None
+    if train_summary_path is not None and train_summary_path.is_file():
+        summary = _read_json(train_summary_path, "training summary")
+    return register(
+        predictor,
+        metrics,
+        predictions,
+        gate,
+        checkpoint=checkpoint,
+        root=root,
+        split_csv=split_csv,
+        models_dir=models_dir,
+        preprocess=preprocess,
+        train_summary=summary,
+        predictions_source=str(predictions_path),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/checkpoints/best.ckpt"))
+    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
+    parser.add_argument("--predictions", type=Path, default=Path("reports/predictions.csv"))
+    parser.add_argument("--split", type=Path, default=Path("processed/split.csv"))
+    parser.add_argument(
+        "--root", type=Path, default=Path(), help="split.csv paths are relative to it"
+    )
+    parser.add_argument("--train-summary", type=Path, default=Path("reports/train/summary.json"))
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    gate = OmegaConf.to_container(params.gate, resolve=True)
+    preprocess = (
+        OmegaConf.to_container(params.preprocess, resolve=True) if "preprocess" in params else None
+    )
+    from ihcflow.training.predictor import load_predictor
+
+    try:
+        info = run(
+            load_predictor(args.checkpoint),
+            gate,  # type: ignore[arg-type]
+            checkpoint=args.checkpoint,
+            metrics_path=args.metrics,
+            predictions_path=args.predictions,
+            split_csv=args.split,
+            root=args.root,
+            models_dir=args.models,
+            preprocess=preprocess,  # type: ignore[arg-type]
+            train_summary_path=args.train_summary,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"register: {exc}; the registered model is unchanged") from None
+    print(summary_line(info))
+
+
+if __name__ == "__main__":
+    main()
