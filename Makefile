@@ -19,7 +19,7 @@ install: $(STAMP) ## create .venv and install ihcflow with pinned dependencies (
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[pipeline,serve,dev]'
 	touch $@
 
 data: install ## get data/: local DVC cache, else `dvc pull`, else the built-in sample
