@@ -1,0 +1,380 @@
+"""Preprocess a whole data set: parallel, incremental (content-addressed cache), streaming.
+
+For every image of the manifest: decode, compute the drift features on the raw pixels, run
+:func:`ihcflow.imaging.ops.preprocess_image`, write ``<sha256>.png``.
+
+The cache lives in ``<cache_dir>/<key>/``, ``key`` a hash of the params that affect the pixels
+(:func:`cache_key`), so a re-run after adding 1% new images only processes that 1%:
+
+- ``<sha[:2]>/<sha>.png``: the preprocessed image. It is published by hard-linking (or
+  copying) a fully written file under a temporary name and renaming it, so it never exists
+  half-written; cached images are linked into the output folder without decoding.
+- ``records.json``: ``sha256 -> record`` (features, what was applied, the PNG's hash and
+  size) for all entries; rewritten atomically at the end of a run.
+- ``journal-*.jsonl``: each run appends a record line as each image finishes, so a killed run
+  keeps its finished work; the next run merges journals into ``records.json``.
+
+An entry counts as cached when it has a record and its PNG has the recorded size. The PNG of
+an entry is deterministic, so concurrent runs can at worst compute an entry twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import multiprocessing
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from ihcflow.imageio import ImageError, decode_rgb8
+from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
+from ihcflow.imaging.ops import check_rgb, preprocess_image
+from ihcflow.io import atomic_dir, atomic_path, params_hash, sha256_bytes
+
+# Bump when an operation's output changes for the same params, so old cache entries miss.
+CACHE_VERSION = 1
+# Output PNG encoding: zlib level 1, SUB filter, Huffman-only coding. 2-3x faster to write than
+# libpng's default adaptive filters at about the same size on stained images (measured with
+# benchmarks/preprocess.py); the bytes are deterministic, so processed_sha256 is reproducible.
+PNG_PARAMS = (
+    cv2.IMWRITE_PNG_COMPRESSION, 1,
+    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
+    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+)  # fmt: skip
+NON_PIXEL_PARAMS = ("workers", "cache_dir")  # how the work runs, not what it produces
+MANIFEST_COLUMNS = ("path", "class", "given_split", "sha256")
+OUTPUT_COLUMNS = [
+    "path",
+    "class",
+    "given_split",
+    "sha256",
+    "processed_sha256",
+    *FEATURE_COLUMNS,
+    "corrected",
+    "stain_normalized",
+]
+RECORDS_NAME = "records.json"
+_CHUNK_MAX = 32  # images per task sent to a worker
+# Starting worker processes costs about as much as preprocessing ~100 images on one core, so
+# small batches (an incremental run with a few new images) run in this process instead.
+_MIN_PARALLEL = 64
+_MALLOC_KEEP = 32 << 20  # workers reuse freed buffers up to this size (see tune_malloc)
+
+
+class PreprocessError(RuntimeError):
+    """An image could not be preprocessed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class _Task:
+    source: str  # the raw image file
+    sha256: str  # its content hash from the manifest
+    out: str  # where the PNG goes (inside the output folder being built)
+    cache: str | None  # the cache entry's PNG, None without a cache
+
+
+def pixel_params(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of the ``preprocess`` params that decides the output pixels."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    return {k: v for k, v in dict(cfg).items() if k not in NON_PIXEL_PARAMS}
+
+
+def cache_key(cfg: Mapping[str, Any]) -> str:
+    """Hash of the pixel params and the code/encoding versions: one cache folder per value."""
+    return params_hash(
+        {"params": pixel_params(cfg), "version": CACHE_VERSION, "png": list(PNG_PARAMS)}
+    )
+
+
+def check_params(cfg: Mapping[str, Any]) -> None:
+    """Fail early, naming the problem, if ``preprocess_image`` cannot run with ``cfg``."""
+    try:
+        preprocess_image(np.full((64, 64, 3), 128, np.uint8), cfg)
+    except KeyError as exc:
+        raise ValueError(f"preprocess params: missing key {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"preprocess params: {exc}") from None
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 RGB image with :data:`PNG_PARAMS`."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(check_rgb(rgb), cv2.COLOR_RGB2BGR), PNG_PARAMS)
+    if not ok:
+        raise ValueError(f"PNG encoding failed for an image of shape {rgb.shape}")
+    return buf.tobytes()
+
+
+def process_file(source: str | Path, sha256: str, params: Mapping[str, Any]) -> tuple[bytes, dict]:
+    """Decode one raw file and return its PNG bytes and record (features, flags, hash)."""
+    data = Path(source).read_bytes()
+    actual = sha256_bytes(data)
+    if actual != sha256:
+        raise PreprocessError(
+            f"{source}: content changed since validation (sha256 {actual[:12]}... but the "
+            f"manifest says {sha256[:12]}...); re-run the validate stage"
+        )
+    rgb, _ = decode_rgb8(data, str(source), strict=False)
+    features = image_features(rgb)
+    out, applied = preprocess_image(rgb, params)
+    png = encode_png(out)
+    record = {
+        "features": features,
+        "corrected": int(applied["corrected"]),
+        "stain_normalized": int(applied["stain_normalized"]),
+        "processed_sha256": sha256_bytes(png),
+        "png_bytes": len(png),
+    }
+    return png, record
+
+
+def _publish(src: str, dst: str) -> None:
+    """Make ``dst`` a complete copy of ``src`` in one rename (a hard link where possible)."""
+    target = Path(dst)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system, or no hard links
+            shutil.copyfile(src, tmp)
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _run_task(task: _Task, params: Mapping[str, Any]) -> dict:
+    try:
+        png, record = process_file(task.source, task.sha256, params)
+    except PreprocessError:
+        raise
+    except ImageError as exc:  # its message already starts with the file name
+        raise PreprocessError(str(exc)) from None
+    except Exception as exc:  # re-raised picklable, with the file name, across processes
+        raise PreprocessError(f"{task.source}: {type(exc).__name__}: {exc}") from None
+    with open(task.out, "xb") as fh:  # the output folder is private until it is swapped in
+        fh.write(png)
+    if task.cache is not None:
+        _publish(task.out, task.cache)
+    return record
+
+
+def tune_malloc(max_reused: int = _MALLOC_KEEP) -> bool:
+    """Let glibc keep freed buffers up to ``max_reused`` bytes instead of unmapping them.
+
+    By default each buffer over ~128 KiB (every decoded image and every intermediate array)
+    is mmapped on allocation and unmapped on free, so every image pays page faults for all its
+    arrays again; on a VM that doubled the cost of both decoding and the operations (see
+    benchmarks/preprocess.py). For a process that handles one image after another.
+    Returns whether it applied (glibc only).
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, max_reused)) and bool(
+        mallopt(m_trim_threshold, 2 * max_reused)
+    )
+
+
+_WORKER_PARAMS: dict[str, Any] = {}
+
+
+def _init_worker(params: dict[str, Any]) -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+    tune_malloc()
+    _WORKER_PARAMS.update(params)
+
+
+def _run_chunk(tasks: Sequence[_Task]) -> list[tuple[str, dict]]:
+    return [(t.sha256, _run_task(t, _WORKER_PARAMS)) for t in tasks]
+
+
+def _chunks(items: Sequence[_Task], size: int) -> Iterator[Sequence[_Task]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _process(
+    tasks: Sequence[_Task], params: dict[str, Any], workers: int
+) -> Iterable[tuple[str, dict]]:
+    """Yield ``(sha256, record)`` as tasks finish; at most a few chunks are in flight."""
+    if not tasks:
+        return
+    if workers <= 1 or len(tasks) < _MIN_PARALLEL:
+        for task in tasks:
+            yield task.sha256, _run_task(task, params)
+        return
+    chunk = max(1, min(_CHUNK_MAX, math.ceil(len(tasks) / (4 * workers))))
+    # forkserver: workers start from a clean process, not a fork of one holding threads.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    pending: set[Future] = set()
+    with ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=(params,)) as pool:
+        try:
+            for part in _chunks(tasks, chunk):
+                pending.add(pool.submit(_run_chunk, part))
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield from future.result()
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield from future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+# ---------------------------------------------------------------- cache records
+def _read_records(entries: Path) -> tuple[dict[str, dict], list[Path]]:
+    """All known records of a cache key: ``records.json`` plus the journals of other runs."""
+    records: dict[str, dict] = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads((entries / RECORDS_NAME).read_bytes())
+        if isinstance(loaded, dict):
+            records = loaded
+    journals = sorted(entries.glob("journal-*.jsonl"))
+    for journal in journals:
+        with contextlib.suppress(OSError), open(journal, "rb") as fh:
+            for line in fh:
+                try:
+                    record = json.loads(line)
+                    records[record.pop("sha256")] = record
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue  # the torn last line of a killed run
+    return records, journals
+
+
+def _is_cached(png: str, record: dict | None) -> bool:
+    if not isinstance(record, dict):
+        return False
+    try:
+        return os.stat(png).st_size == record["png_bytes"]  # noqa: PTH116 (hot loop)
+    except (OSError, KeyError):
+        return False
+
+
+@contextlib.contextmanager
+def _journal(entries: Path | None) -> Iterator[IO[str] | None]:
+    """This run's journal (append-only, one JSON line per finished image)."""
+    if entries is None:
+        yield None
+        return
+    entries.mkdir(parents=True, exist_ok=True)
+    path = entries / f"journal-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
+    with open(path, "a", encoding="utf-8") as fh:
+        yield fh
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not supported
+        shutil.copyfile(src, dst)
+
+
+# ---------------------------------------------------------------- the data set
+def _check_manifest(manifest: pd.DataFrame) -> None:
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(
+            f"manifest lacks columns {missing} (has {list(manifest.columns)}); "
+            "it must come from the validate stage"
+        )
+
+
+def preprocess_dataset(
+    manifest: pd.DataFrame,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: Mapping[str, Any],
+    *,
+    cache_dir: str | Path | None,
+    workers: int = 0,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Preprocess every manifest image into ``out_dir/<sha256>.png`` (rebuilt atomically).
+
+    ``cfg`` is the ``preprocess`` params section. ``cache_dir=None`` disables the cache.
+    ``workers=0`` uses every core; worker processes start with ``forkserver``, so a script
+    calling this needs the usual ``if __name__ == "__main__":`` guard. Returns the features
+    table (``OUTPUT_COLUMNS``, in manifest order) and run statistics.
+    """
+    start = time.perf_counter()
+    _check_manifest(manifest)
+    params = pixel_params(cfg)
+    check_params(params)
+    key = cache_key(cfg)
+    workers = int(workers) or os.cpu_count() or 1
+    entries = Path(cache_dir) / key if cache_dir is not None else None
+    known, journals = _read_records(entries) if entries is not None else ({}, [])
+    records: dict[str, dict] = {}
+    misses: dict[str, _Task] = {}
+    with atomic_dir(out_dir) as tmp_out, _journal(entries) as journal:
+        tmp_out.chmod(0o755)  # mkdtemp makes it private; the output folder is not
+        for rel, sha in zip(manifest["path"], manifest["sha256"], strict=True):
+            if sha in records or sha in misses:
+                continue
+            # plain strings, not Path objects: this loop runs once per image
+            out = f"{tmp_out}/{sha}.png"
+            cached = f"{entries}/{sha[:2]}/{sha}.png" if entries is not None else None
+            if cached is not None and _is_cached(cached, known.get(sha)):
+                records[sha] = known[sha]
+                _link(cached, out)
+            else:
+                misses[sha] = _Task(f"{data_dir}/{rel}", sha, out, cached)
+        for sha, record in _process(list(misses.values()), params, workers):
+            records[sha] = record
+            if journal is not None:
+                journal.write(json.dumps({"sha256": sha, **record}) + "\n")
+                journal.flush()
+    if entries is not None and journal is not None:
+        if misses or journals:  # fold every journal into records.json, then drop them
+            with atomic_path(entries / RECORDS_NAME) as tmp:
+                tmp.write_text(json.dumps({**known, **records}, separators=(",", ":")))
+            for merged in journals:
+                merged.unlink(missing_ok=True)
+        Path(journal.name).unlink(missing_ok=True)
+    features = _features_table(manifest, records)
+    seconds = time.perf_counter() - start
+    stats = {
+        "n": len(features),
+        "n_cached": len(records) - len(misses),
+        "n_processed": len(misses),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(features) / seconds, 1) if seconds > 0 else None,
+        "params_hash": key,
+        "workers": workers,
+        "n_corrected": int(features["corrected"].sum()),
+        "n_stain_normalized": int(features["stain_normalized"].sum()),
+    }
+    return features, stats
+
+
+def _features_table(manifest: pd.DataFrame, records: Mapping[str, dict]) -> pd.DataFrame:
+    rows = [records[sha] for sha in manifest["sha256"]]
+    frame = pd.DataFrame({c: manifest[c].to_numpy() for c in MANIFEST_COLUMNS})
+    frame["processed_sha256"] = [r["processed_sha256"] for r in rows]
+    features = pd.DataFrame([r["features"] for r in rows], columns=FEATURE_COLUMNS)
+    frame[FEATURE_COLUMNS] = features.round(6).to_numpy()
+    frame[["width", "height"]] = frame[["width", "height"]].astype(int)
+    frame["corrected"] = [int(r["corrected"]) for r in rows]
+    frame["stain_normalized"] = [int(r["stain_normalized"]) for r in rows]
+    return frame[OUTPUT_COLUMNS]
