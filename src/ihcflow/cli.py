@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=resnet")
     params.add_argument("--check", action="store_true", help="exit 1 if params.yaml is stale")
     params.set_defaults(func=_cmd_params)
+
+    from ihcflow.reporting.cli import add_parser as add_report_parser
+
+    add_report_parser(sub)
+
+    from ihcflow.serving.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
