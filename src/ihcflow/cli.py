@@ -14,7 +14,10 @@ ROOT_MARKERS = ("dvc.yaml", "conf")
 
 def _synth_defaults(root: Path) -> dict[str, Any]:
     """`data.synth` from params.yaml, else from conf/data/default.yaml."""
-    for path, key in ((root / "params.yaml", "data.synth"), (root / "conf/data/default.yaml", "synth")):
+    for path, key in (
+        (root / "params.yaml", "data.synth"),
+        (root / "conf/data/default.yaml", "synth"),
+    ):
         if path.is_file():
             node = OmegaConf.select(OmegaConf.load(path), key)
             if node is not None:
@@ -127,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ihcflow.serving.cli import add_parser as add_serve_parser
 
     add_serve_parser(sub)
+
+    from ihcflow.monitoring.cli import add_parser as add_drift_parser
+
+    add_drift_parser(sub)
     return parser
 
 

@@ -86,14 +86,18 @@ def get_data(root: Path, synth_defaults: dict[str, Any], data: str = "data") -> 
         if not recorded:
             repo.add([str(data_dir)])
             mark_sample(dvc_file, args)
-            return GetResult("synthesized", f"built-in sample written to {data_dir}; {dvc_file.name} created")
+            return GetResult(
+                "synthesized", f"built-in sample written to {data_dir}; {dvc_file.name} created"
+            )
         if repo.status(targets=[str(dvc_file)]):
             return GetResult(
                 "synthesized",
                 f"built-in sample written to {data_dir}, but its hash differs from {dvc_file.name} "
                 "(different library versions?); run `dvc add data` to record it",
             )
-        return GetResult("synthesized", f"built-in sample written to {data_dir} (matches {dvc_file.name})")
+        return GetResult(
+            "synthesized", f"built-in sample written to {data_dir} (matches {dvc_file.name})"
+        )
     finally:
         repo.close()
 
