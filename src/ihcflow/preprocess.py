@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ihcflow.imageio import ImageError, decode_rgb8
+from ihcflow.imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb8
 from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
 from ihcflow.imaging.ops import check_rgb, preprocess_image
 from ihcflow.io import atomic_dir, atomic_path, params_hash, sha256_bytes
@@ -119,6 +119,27 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def prepare_image(
+    data: bytes,
+    source: str,
+    params: Mapping[str, Any],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    strict: bool = False,
+) -> tuple[np.ndarray, dict[str, float], dict[str, bool]]:
+    """Raw file bytes -> (model-ready RGB image, drift features, what was applied).
+
+    The one path from a file to the model's input, shared by this stage and the server: decode,
+    measure :data:`FEATURE_COLUMNS` on the decoded image (before any correction), then
+    :func:`preprocess_image`. ``strict`` also rejects damaged pixel data (the server has no
+    validate stage before it).
+    """
+    rgb, _ = decode_rgb8(data, source, max_pixels=max_pixels, strict=strict)
+    features = image_features(rgb)
+    out, applied = preprocess_image(rgb, params)
+    return out, features, applied
+
+
 def process_file(source: str | Path, sha256: str, params: Mapping[str, Any]) -> tuple[bytes, dict]:
     """Decode one raw file and return its PNG bytes and record (features, flags, hash)."""
     data = Path(source).read_bytes()
@@ -128,9 +149,7 @@ def process_file(source: str | Path, sha256: str, params: Mapping[str, Any]) -> 
             f"{source}: content changed since validation (sha256 {actual[:12]}... but the "
             f"manifest says {sha256[:12]}...); re-run the validate stage"
         )
-    rgb, _ = decode_rgb8(data, str(source), strict=False)
-    features = image_features(rgb)
-    out, applied = preprocess_image(rgb, params)
+    out, features, applied = prepare_image(data, str(source), params)
     png = encode_png(out)
     record = {
         "features": features,

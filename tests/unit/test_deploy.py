@@ -1,0 +1,306 @@
+"""The container and deployment files: Dockerfile (hadolint), .dockerignore, Kubernetes manifests
+(schema-validated offline with kubernetes-validate) and the Compose file, checked against each
+other: ports, probes, users, paths and selectors must agree."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+K8S = REPO / "deploy" / "k8s"
+K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())  # oldest supported, newest
+YAMLLINT = "{extends: default, rules: {line-length: {max: 100}, document-start: disable}}"
+
+
+# --- Dockerfile --------------------------------------------------------------------------------
+
+
+def dockerfile_instructions(path: Path = REPO / "Dockerfile") -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), " ".join(rest.split())))
+    return out
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for instr in dockerfile_instructions():
+        if instr[0] == "FROM":
+            result.append([])
+        if result:
+            result[-1].append(instr)
+    return result
+
+
+def install_command() -> list[str]:
+    """The builder's `pip install ...` (what tests/integration/test_serving_image.py runs)."""
+    for word, args in stages()[0]:
+        if word == "RUN" and args.startswith("pip install"):
+            return shlex.split(args.split("&&")[0])
+    raise AssertionError("no pip install in the builder stage")
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    proc = subprocess.run(
+        [str(BIN / "hadolint"), "--no-color", str(REPO / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install flask\n")
+    proc = subprocess.run([str(BIN / "hadolint"), "--no-color", str(bad)], capture_output=True)
+    assert proc.returncode != 0 and b"DL3007" in proc.stdout and b"DL3013" in proc.stdout
+
+
+def test_dockerfile_builds_a_slim_non_root_image_without_torch() -> None:
+    commands = " ".join(args for _, args in dockerfile_instructions())
+    assert "torch" not in commands.replace("'torch' not in sys.modules", "")  # and it checks that
+    builder, runtime = stages()
+    assert builder[0][1].endswith("AS builder") and runtime[0][1].endswith("AS runtime")
+    base = next(a for w, a in dockerfile_instructions() if w == "ARG" and "PYTHON_IMAGE" in a)
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", base)
+    # the install the tests reproduce: the pinned lock and the serve extra only
+    assert install_command() == [
+        "pip", "install", "--no-cache-dir", "-c", "requirements.lock", ".[serve]"
+    ]  # fmt: skip
+    runtime_words = dict(runtime)
+    user = runtime_words["USER"].split(":")[0]
+    assert user not in {"root", "0"} and int(user) >= 1000
+    assert runtime_words["EXPOSE"] == "8000"
+    assert "ihcflow.serving.healthcheck" in runtime_words["HEALTHCHECK"]
+    assert "ihcflow.serving" in runtime_words["ENTRYPOINT"]
+    copies = [a for w, a in runtime if w == "COPY"]
+    assert "--from=builder /opt/venv /opt/venv" in copies
+    assert "--from=builder /models /app/models" in copies
+    assert "IHCFLOW_MODEL_DIR=/app/models" in runtime_words["ENV"]
+    # the builder copies the registered model and checks that it loads
+    assert any(w == "COPY" and "models/model.onnx models/model.json" in a for w, a in builder)
+    assert ("RUN", "python -m ihcflow.serving --model-dir /models --check") in builder
+
+
+def dockerfile_env(name: str) -> str:
+    env = dict(stages()[-1])["ENV"]
+    match = re.search(rf"\b{name}=(\S+)", env)
+    assert match, f"{name} not set in the runtime stage"
+    return match.group(1)
+
+
+def dockerfile_uid() -> int:
+    return int(dict(stages()[-1])["USER"].split(":")[0])
+
+
+# --- .dockerignore -----------------------------------------------------------------------------
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern (Go filepath.Match plus `**`) as a regex on posix paths."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def dockerignore_rules(path: Path = REPO / ".dockerignore") -> list[tuple[bool, re.Pattern[str]]]:
+    rules = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep = line.startswith("!")
+        rules.append((keep, _pattern(line.lstrip("!").strip("/"))))
+    return rules
+
+
+def sent_to_docker(rel: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = PurePosixPath(rel).parts
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    included = True
+    for keep, regex in rules:
+        if any(regex.fullmatch(c) for c in candidates):
+            included = keep
+    return included
+
+
+def build_context(root: Path = REPO) -> Iterator[str]:
+    """The files `docker build .` sends (skips folders no `!` pattern reaches into)."""
+    rules = dockerignore_rules(root / ".dockerignore")
+    lines = (root / ".dockerignore").read_text().splitlines()
+    reopened = [line.strip().lstrip("!").strip("/") for line in lines if line.startswith("!")]
+
+    def walk(folder: Path) -> Iterator[str]:
+        for entry in sorted(folder.iterdir()):
+            rel = entry.relative_to(root).as_posix()
+            if entry.is_dir():
+                if sent_to_docker(rel, rules) or any(r.startswith(rel + "/") for r in reopened):
+                    yield from walk(entry)
+            elif sent_to_docker(rel, rules):
+                yield rel
+
+    yield from walk(root)
+
+
+def test_dockerignore_sends_only_what_the_image_needs() -> None:
+    rules = dockerignore_rules()
+    for rel in ("pyproject.toml", "requirements.lock", "README.md", "src/ihcflow/serving/app.py",
+                "models/model.onnx", "models/model.json", "models/MODEL_CARD.md"):  # fmt: skip
+        assert sent_to_docker(rel, rules), rel
+    for rel in ("data/Er/P001_x.png", ".venv/bin/python", ".git/HEAD", "processed/split.csv",
+                "models/checkpoints/best.ckpt", "reports/metrics.json", "tests/conftest.py",
+                "src/ihcflow/__pycache__/io.cpython-311.pyc", "src/ihcflow.egg-info/PKG-INFO",
+                ".env", "logs/predictions/x.jsonl", "params.yaml"):  # fmt: skip
+        assert not sent_to_docker(rel, rules), rel
+    # every COPY source of the Dockerfile is in the context
+    context = set(build_context())
+    assert "src/ihcflow/serving/app.py" in context
+    assert not any(p.startswith((".venv/", "data/", ".git/")) for p in context)
+    for word, args in dockerfile_instructions():
+        if word == "COPY" and not args.startswith("--from"):
+            for src in args.split()[:-1]:
+                if src.startswith("models/"):
+                    assert sent_to_docker(src, rules), src  # made by `dvc repro`, maybe not yet
+                else:
+                    assert src in context or any(p.startswith(src + "/") for p in context), src
+
+
+# --- Kubernetes --------------------------------------------------------------------------------
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    """kind -> resource, from the files kustomization.yaml lists (one resource per file)."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = kustomization["resources"]
+    assert sorted(files) == sorted(
+        p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
+    out = {}
+    for name in files:
+        [doc] = list(yaml.safe_load_all((K8S / name).read_text()))
+        out[doc["kind"]] = doc
+    return out
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_match_the_kubernetes_schemas(version: str) -> None:
+    found = manifests()
+    assert set(found) == {"Deployment", "Service", "HorizontalPodAutoscaler",
+                          "PersistentVolumeClaim", "PodDisruptionBudget"}  # fmt: skip
+    for kind, doc in found.items():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{kind} is not a valid Kubernetes {version} resource: {exc}")
+
+
+def test_schema_validation_catches_a_typo() -> None:
+    deployment = manifests()["Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+
+
+def test_manifests_agree_with_each_other_and_the_image() -> None:
+    m = manifests()
+    deployment, service, hpa = m["Deployment"], m["Service"], m["HorizontalPodAutoscaler"]
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert m["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == selector
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert (
+        hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    )
+
+    [container] = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": int(dict(stages()[-1])["EXPOSE"])}
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(requests)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["IHCFLOW_THREADS"] == str(limits["cpu"])  # inference threads fit the CPU limit
+
+    security = pod["spec"]["securityContext"]
+    assert security["runAsNonRoot"] and security["runAsUser"] == dockerfile_uid()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    mounts = {v["name"]: v["mountPath"] for v in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert set(mounts) == set(volumes)
+    claim = volumes["predictions"]["persistentVolumeClaim"]["claimName"]
+    assert claim == m["PersistentVolumeClaim"]["metadata"]["name"]
+    assert "ReadWriteMany" in m["PersistentVolumeClaim"]["spec"]["accessModes"]
+    # each pod logs to its own folder on the shared volume
+    assert env["IHCFLOW_LOG_DIR"] == f"{mounts['predictions']}/$(POD_NAME)"
+    assert PurePosixPath(env["IHCFLOW_TOKEN_FILE"]).parent == PurePosixPath(mounts["token"])
+    assert volumes["token"]["secret"]["secretName"]
+    assert mounts["tmp"] == "/tmp" and "emptyDir" in volumes["tmp"]  # uploads spool there
+
+
+# --- Compose -----------------------------------------------------------------------------------
+
+
+def test_compose_file_runs_the_image_with_its_log_volume_and_secret() -> None:
+    compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
+    serve = compose["services"]["serve"]
+    context = (REPO / "deploy" / serve["build"]["context"]).resolve()
+    assert context == REPO and (context / serve["build"]["dockerfile"]).is_file()
+    assert serve["ports"] == ["8000:8000"]
+    [volume] = serve["volumes"]
+    name, target = volume.split(":")
+    assert name in compose["volumes"]
+    assert PurePosixPath(target) in PurePosixPath(dockerfile_env("IHCFLOW_LOG_DIR")).parents
+    [secret] = serve["secrets"]
+    assert serve["environment"]["IHCFLOW_TOKEN_FILE"] == f"/run/secrets/{secret}"
+    assert compose["secrets"][secret]["file"].startswith("./secrets/")
+    assert serve["read_only"] is True and "/tmp" in serve["tmpfs"]
+    assert serve["healthcheck"]["test"][-2:] == ["ihcflow.serving.healthcheck", "/readyz"]
+    assert serve["environment"]["IHCFLOW_THREADS"] == str(serve["cpus"])
+
+
+def test_deploy_yaml_passes_yamllint() -> None:
+    proc = subprocess.run(
+        [str(BIN / "yamllint"), "-f", "parsable", "-d", YAMLLINT, str(REPO / "deploy")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

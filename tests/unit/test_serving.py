@@ -1,0 +1,394 @@
+"""Serving parts on their own: settings, the prediction log, loading the model, the app's
+not-ready and log-failure paths. The model is a real ONNX graph built here (no torch)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from ihcflow.io import sha256_file
+from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
+from ihcflow.serving.predlog import PredictionLog, iso_z, read_log
+from ihcflow.serving.settings import available_cpus, parse_size
+from tests.conftest import REPO
+
+CLASSES = ["neg", "pos", "mixed"]
+SIZE = 8
+PREPROCESS = {
+    "size": SIZE,
+    "interpolation": "area",
+    "resize_early": True,
+    "denoise": {"method": "none", "ksize": 3, "sigma_color": 40, "sigma_space": 5},
+    "auto_correct": {"enabled": False, "min_brightness": 0.45, "max_brightness": 0.92,
+                     "min_contrast": 0.1, "percentiles": [1, 99], "clahe_clip": 0.0,
+                     "clahe_tiles": 8},
+    "stain_norm": {"method": "none"},
+}  # fmt: skip
+
+
+# --- a registered model without torch ---------------------------------------------------------
+
+
+def mean_colour_onnx(path: Path, k: int = 3, outputs: tuple[str, str] = ("probs", "embedding")):
+    """image (N, 3, S, S) -> embedding = mean RGB (N, 3) -> linear -> softmax probs (N, k)."""
+    weights = np.array([[4.0, -4.0, 0.0], [-4.0, 4.0, 0.0], [0.0, 0.0, 1.0]], np.float32)[:, :k]
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], [outputs[1]], axes=[2, 3], keepdims=0),
+            helper.make_node("Gemm", [outputs[1], "w", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], [outputs[0]], axis=1),
+        ],
+        "mean_colour",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [
+            helper.make_tensor_value_info(outputs[0], TensorProto.FLOAT, ["N", k]),
+            helper.make_tensor_value_info(outputs[1], TensorProto.FLOAT, ["N", 3]),
+        ],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.zeros(k, "f4"), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def write_model(folder: Path, **changes: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    mean_colour_onnx(folder / "model.onnx")
+    info = {
+        "name": "unit",
+        "version": "2.1.0",
+        "class_names": CLASSES,
+        "input_size": SIZE,
+        "preprocess": PREPROCESS,
+        "metrics": {"balanced_accuracy": 0.9, "per_class": {}},
+        "onnx": {"file": "model.onnx", "sha256": sha256_file(folder / "model.onnx")},
+    }
+    info.update(changes)
+    (folder / "model.json").write_text(json.dumps(info))
+    return folder
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (20, 30), fmt: str = "PNG") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_settings_from_env_with_flags_winning(tmp_path: Path) -> None:
+    env = {
+        "IHCFLOW_MODEL_DIR": "/srv/models",
+        "IHCFLOW_PORT": "9000",
+        "IHCFLOW_MAX_BYTES": "5M",
+        "IHCFLOW_MAX_PIXELS": "4_000_000",
+        "IHCFLOW_LOG_IMAGES": "yes",
+        "IHCFLOW_LOG_EMBEDDING": "off",
+        "IHCFLOW_TOKEN": " abc123 ",
+    }
+    s = Settings.from_env(env, port=9100, max_files=None)
+    assert s.model_dir == Path("/srv/models") and s.port == 9100  # the flag wins
+    assert s.max_bytes == 5 << 20 and s.max_pixels == 4_000_000 and s.max_files == 16
+    assert s.log_images and not s.log_embedding and s.token == "abc123" and s.auth_enabled
+    assert "abc123" not in repr(s)  # never printed with the settings
+    assert Settings.from_env({}) == Settings()
+    assert not Settings().auth_enabled
+    assert Settings.from_env(s.to_env()) == s  # what worker processes rebuild
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IHCFLOW_PORT": "eighty"}, r"IHCFLOW_PORT='eighty'"),
+        ({"IHCFLOW_MAX_BYTES": "10 parsecs"}, r"IHCFLOW_MAX_BYTES=.*not a size"),
+        ({"IHCFLOW_LOG_IMAGES": "maybe"}, r"IHCFLOW_LOG_IMAGES=.*not a boolean"),
+        ({"IHCFLOW_MAX_FILES": "0"}, r"max_files must be >= 1"),
+        ({"IHCFLOW_TOKEN": "a", "IHCFLOW_TOKEN_FILE": "/x"}, "not both"),
+        ({"IHCFLOW_TOKEN_FILE": "/nonexistent/token"}, "cannot read the token"),
+        ({"IHCFLOW_TOKEN": "two words"}, "whitespace"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_token_from_file(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("from-a-secret\n")
+    assert (
+        Settings.from_env({"IHCFLOW_TOKEN_FILE": str(tmp_path / "token")}).token == "from-a-secret"
+    )
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(SettingsError, match="is empty"):
+        Settings.from_env({"IHCFLOW_TOKEN_FILE": str(tmp_path / "empty")})
+
+
+def test_parse_size() -> None:
+    assert [parse_size(t) for t in ("100", "1k", "20M", "20MiB", "1G", "3 mb")] == [
+        100, 1024, 20 << 20, 20 << 20, 1 << 30, 3 << 20,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "max 100000\n"}, 2),  # no limit: the two CPUs of this machine
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: one thread
+        ({"cpu.max": "150000 100000\n"}, 2),
+        ({"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"}, 1),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, 2),
+    ],
+)
+def test_cpus_follow_the_container_cpu_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], expected: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert available_cpus(tmp_path) == expected
+
+
+# --- the prediction log -----------------------------------------------------------------------
+
+
+def _record(ts: dt.datetime, i: int) -> dict[str, Any]:
+    return {"ts": iso_z(ts), "request_id": f"r{i}", "predicted": "pos", "probs": {"pos": 1.0}}
+
+
+def test_log_rotates_by_utc_day(tmp_path: Path) -> None:
+    day1 = dt.datetime(2026, 3, 1, 23, 59, 59, tzinfo=dt.UTC)
+    log = PredictionLog(tmp_path / "logs")
+    log.write([_record(day1, 0), _record(day1, 1)])
+    # 00:30 in Berlin is still March 1st in UTC
+    berlin = dt.timezone(dt.timedelta(hours=1))
+    log.write([_record(dt.datetime(2026, 3, 2, 0, 30, tzinfo=berlin), 2)])
+    log.write([_record(day1 + dt.timedelta(seconds=2), 3)])
+    log.close()
+    files = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert files == ["predictions-2026-03-01.jsonl", "predictions-2026-03-02.jsonl"]
+    first = read_log(tmp_path / "logs" / files[0])
+    assert [r["request_id"] for r in first] == ["r0", "r1", "r2"]
+    assert first[0]["ts"] == "2026-03-01T23:59:59.000Z"
+    assert [r["request_id"] for r in read_log(tmp_path / "logs" / files[1])] == ["r3"]
+
+
+def test_log_lines_never_interleave_across_threads(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path)
+    now = dt.datetime.now(dt.UTC)
+    big = {"embedding": [0.123456] * 2000}  # ~20 KB lines
+
+    def writer(t: int) -> None:
+        for i in range(50):
+            log.write([{**_record(now, t * 1000 + i), **big}])
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    [path] = tmp_path.glob("*.jsonl")
+    records = read_log(path)  # every line parses
+    assert sorted(r["request_id"] for r in records) == sorted(
+        f"r{t * 1000 + i}" for t in range(4) for i in range(50)
+    )
+
+
+def test_log_file_removed_by_a_clean_up_is_recreated(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "logs")
+    now = dt.datetime.now(dt.UTC)
+    log.write([_record(now, 0)])
+    [path] = (tmp_path / "logs").glob("*.jsonl")
+    path.unlink()
+    log.write([_record(now, 1)])
+    assert [r["request_id"] for r in read_log(path)] == ["r1"]
+
+
+def test_killed_writer_loses_nothing_it_reported_written(tmp_path: Path) -> None:
+    script = (
+        "import datetime as dt, sys\n"
+        "from ihcflow.serving.predlog import PredictionLog, iso_z\n"
+        f"log = PredictionLog({str(tmp_path)!r})\n"
+        "for i in range(100000):\n"
+        "    log.write([{'ts': iso_z(dt.datetime.now(dt.UTC)), 'request_id': str(i),"
+        " 'pad': 'x' * 3000}])\n"
+        "    print(i, flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env) as proc:
+        assert proc.stdout is not None
+        reported = -1
+        while reported < 200:
+            reported = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGKILL)  # mid-write, no clean-up
+        proc.wait()
+    [path] = tmp_path.glob("*.jsonl")
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # ends with a complete line
+    records = [json.loads(line) for line in lines[:-1]]
+    assert [int(r["request_id"]) for r in records] == list(range(len(records)))
+    assert len(records) >= reported + 1
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+def test_served_model_prepares_like_the_pipeline_and_predicts(tmp_path: Path) -> None:
+    model = ServedModel.load(write_model(tmp_path / "m"))
+    assert (model.name, model.version, model.class_names, model.embed_dim) == (
+        "unit", "2.1.0", CLASSES, 3
+    )  # fmt: skip
+    prepared = model.prepare(png((230, 20, 20)), "red.png", max_pixels=10_000)
+    assert prepared.image.shape == (SIZE, SIZE, 3) and prepared.format == "PNG"
+    assert prepared.features["width"] == 20 and prepared.features["height"] == 30
+    probs, embedding = model.predict(prepared.image[None])
+    np.testing.assert_allclose(embedding[0], np.array([230, 20, 20]) / 255, atol=1e-6)
+    assert CLASSES[int(probs[0].argmax())] == "neg" and probs.sum() == pytest.approx(1)
+    with pytest.raises(ValueError, match=r"big.png: image too large: 200x100 = 20000 pixels"):
+        model.prepare(png((1, 2, 3), (200, 100)), "big.png", max_pixels=10_000)
+    with pytest.raises(ValueError, match=r"anim.gif: GIF images are not accepted"):
+        model.prepare(png((1, 2, 3), fmt="GIF"), "anim.gif", max_pixels=10_000)
+
+
+def test_model_folder_problems_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"none/model.json: no registered model"):
+        ServedModel.load(tmp_path / "none")
+    folder = write_model(tmp_path / "a")
+    (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes() + b"\0")
+    with pytest.raises(ModelLoadError, match="does not match model.json"):
+        ServedModel.load(folder)
+    with pytest.raises(ModelLoadError, match=r"preprocess params lack \['interpolation'"):
+        ServedModel.load(write_model(tmp_path / "b", preprocess={"size": SIZE}))
+    with pytest.raises(ModelLoadError, match="differs from input_size 16"):
+        ServedModel.load(write_model(tmp_path / "c", input_size=16))
+    with pytest.raises(ModelLoadError, match=r"probs shape \(1, 3\), expected \(1, 2\)"):
+        ServedModel.load(write_model(tmp_path / "d", class_names=["a", "b"]))
+    wrong = write_model(tmp_path / "e")
+    mean_colour_onnx(wrong / "model.onnx", outputs=("scores", "features"))
+    info = json.loads((wrong / "model.json").read_text())
+    info["onnx"]["sha256"] = sha256_file(wrong / "model.onnx")
+    (wrong / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ModelLoadError, match=r"missing output\(s\) \['probs', 'embedding'\]"):
+        ServedModel.load(wrong)
+
+
+def test_serving_imports_no_training_stack() -> None:
+    code = (
+        "import sys, ihcflow.serving.app, ihcflow.serving.cli\n"
+        "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning', 'dvc', 'hydra',"
+        " 'sklearn', 'skimage', 'evidently', 'matplotlib') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+# --- the app in-process -------------------------------------------------------------------------
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[httpx.Client]:
+    """uvicorn on a free loopback port in a thread of this process, with a client for it."""
+    server = uvicorn.Server(uvicorn.Config(app, port=0, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_app_without_a_model_is_alive_but_not_ready(tmp_path: Path) -> None:
+    settings = Settings(model_dir=tmp_path / "missing", log_dir=tmp_path / "logs")
+    with serve(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        predict = client.post("/predict", files=[("files", ("a.png", png((1, 2, 3))))])
+        metrics = client.get("/metrics").text
+    assert ready.status_code == 503 and "no registered model" in ready.json()["detail"]
+    assert (predict.status_code, predict.json()["error"]) == (503, "not_ready")
+    assert "ihcflow_model_ready 0.0" in metrics
+
+
+def test_prediction_that_cannot_be_logged_is_not_returned(tmp_path: Path) -> None:
+    settings = Settings(model_dir=write_model(tmp_path / "m"), log_dir=tmp_path / "logs")
+    with serve(create_app(settings)) as client:
+        first = client.post("/predict", files=[("files", ("a.png", png((200, 10, 10))))])
+        assert first.status_code == 200 and first.json()["predictions"][0]["predicted"] == "neg"
+        for path in (tmp_path / "logs").iterdir():
+            path.unlink()
+        (tmp_path / "logs").rmdir()
+        (tmp_path / "logs").write_text("a file where the log folder was")  # writes now fail
+        second = client.post("/predict", files=[("files", ("b.png", png((10, 200, 10))))])
+        metrics = client.get("/metrics").text
+    assert (second.status_code, second.json()["error"]) == (503, "log_unavailable")
+    assert "ihcflow_prediction_log_errors_total 1.0" in metrics
+
+
+def test_log_images_keeps_the_uploaded_bytes(tmp_path: Path) -> None:
+    import base64
+
+    settings = Settings(
+        model_dir=write_model(tmp_path / "m"), log_dir=tmp_path / "logs", log_images=True
+    )
+    data = png((10, 10, 200), fmt="JPEG")
+    with serve(create_app(settings)) as client:
+        response = client.post("/predict", content=data, headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    [path] = (tmp_path / "logs").glob("*.jsonl")
+    [record] = read_log(path)
+    assert base64.b64decode(record["image_b64"]) == data
+    assert time.strftime("%Y-%m-%d", time.gmtime()) in path.name
+
+
+def test_unexpected_error_is_a_json_500_without_traceback(tmp_path: Path) -> None:
+    from ihcflow.serving.model import read_model_info
+
+    def broken(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # a model that emits NaN
+        return np.full((len(x), 3), np.nan, np.float32), np.zeros((len(x), 3), np.float32)
+
+    folder = write_model(tmp_path / "m")
+    model = ServedModel(read_model_info(folder), broken)
+    settings = Settings(model_dir=folder, log_dir=tmp_path / "logs")
+    with serve(create_app(settings, model=model)) as client:
+        response = client.post("/predict", files=[("files", ("a.png", png((1, 2, 3))))])
+        metrics = client.get("/metrics").text
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"] == "internal_error" and "Traceback" not in response.text
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert (
+        'ihcflow_http_requests_total{endpoint="/predict",method="POST",status="500"} 1.0' in metrics
+    )
+    assert not list((tmp_path / "logs").glob("*.jsonl"))  # nothing logged as a prediction
