@@ -1,4 +1,4 @@
-"""`ihcflow data get`: make ``data/`` match ``data.dvc``: pull, check out, or regenerate the sample."""
+"""`ihcflow data get`: make data/ match data.dvc (checkout, pull, or regenerate the sample)."""
 
 from __future__ import annotations
 
@@ -89,11 +89,17 @@ def get_data(root: Path, synth_defaults: dict[str, Any], data: str = "data") -> 
             return GetResult(
                 "synthesized", f"built-in sample written to {data_dir}; {dvc_file.name} created"
             )
-        if repo.status(targets=[str(dvc_file)]):
+        # Not in the cache yet: commit it, then compare the hash with what data.dvc recorded.
+        repo.commit(str(dvc_file), force=True)
+        now = read_dvc_file(dvc_file)
+        if now.get("meta") != recorded.get("meta"):
+            mark_sample(dvc_file, args)
+        if now["outs"][0].get("md5") != recorded["outs"][0].get("md5"):
             return GetResult(
                 "synthesized",
-                f"built-in sample written to {data_dir}, but its hash differs from {dvc_file.name} "
-                "(different library versions?); run `dvc add data` to record it",
+                f"built-in sample written to {data_dir}, but its hash differs from the one "
+                f"{dvc_file.name} recorded (different library versions?); {dvc_file.name} "
+                "now records the regenerated sample",
             )
         return GetResult(
             "synthesized", f"built-in sample written to {data_dir} (matches {dvc_file.name})"
