@@ -1,0 +1,683 @@
+"""The two sides of a drift comparison, as :class:`Table` s.
+
+Reference: the training split's rows of ``reports/data/features.csv`` (features measured on the
+decoded images before correction); with a registered model, also its embedding and predicted
+class for every training image (``processed/images``), cached per model and image list.
+
+Current: the server's prediction logs (``<log_dir>/predictions-YYYY-MM-DD.jsonl``, one JSON
+object per predicted image: ``ts``, ``model_name``, ``model_version``, ``predicted``,
+``features``, optionally ``embedding``), or a folder of images measured the same way (and, with
+a model, prepared exactly as the server does and predicted). Unusable lines, rows with missing
+feature values, rows of another model version and unreadable images are left out and counted;
+what is left out is reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ihcflow.imageio import IMAGE_SUFFIXES, ImageError, decode_rgb8, read_rgb8
+from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
+from ihcflow.io import atomic_path, sha256_bytes, sha256_file
+
+LOG_GLOB = "predictions-*.jsonl"
+_LOG_DATE = re.compile(r"^predictions-(\d{4}-\d{2}-\d{2})\.jsonl$")
+LOG_REQUIRED = ("ts", "model_version", "predicted", "features")
+MAX_EXAMPLES = 10  # problems listed by name in the report; the rest are only counted
+BATCH = 64  # images per ONNX call
+
+
+class DriftInputError(ValueError):
+    """Input that cannot be compared; the message names the file and what is wrong."""
+
+
+@dataclass
+class Table:
+    """Rows to compare: ``frame`` has the feature columns (float), ``predicted`` (str) when
+    known and, for logs, ``ts`` (UTC) and ``model_version``; ``embeddings`` is (N, D) float32
+    aligned with the rows, or None."""
+
+    frame: pd.DataFrame
+    embeddings: np.ndarray | None
+    source: str
+    kind: str  # "reference", "logs" or "images"
+    counts: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # examples of what was left out, and why
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def subset(self, mask: np.ndarray | pd.Series) -> Table:
+        mask = np.asarray(mask, dtype=bool)
+        return Table(
+            self.frame.loc[mask].reset_index(drop=True),
+            None if self.embeddings is None else self.embeddings[mask],
+            self.source,
+            self.kind,
+            dict(self.counts),
+            list(self.problems),
+            list(self.notes),
+        )
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class Model:
+    """The registered model (``model.onnx`` + ``model.json`` beside it) on ONNX Runtime."""
+
+    path: Path
+    name: str
+    version: str
+    class_names: list[str]
+    input_size: int
+    preprocess: dict[str, Any]
+    sha256: str
+    _session: Any = None
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) uint8 RGB -> (probs (N, K), embedding (N, D)), in batches."""
+        from ihcflow.registry import INPUT_NAME, OUTPUT_NAMES, onnx_input
+
+        if self._session is None:
+            import onnxruntime as ort
+
+            self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            outputs = [o.name for o in self._session.get_outputs()]
+            missing = [n for n in OUTPUT_NAMES if n not in outputs]
+            if missing:
+                raise DriftInputError(f"{self.path}: missing output(s) {missing} (has {outputs})")
+        probs, embs = [], []
+        for start in range(0, len(images), BATCH):
+            p, e = self._session.run(
+                list(OUTPUT_NAMES), {INPUT_NAME: onnx_input(images[start : start + BATCH])}
+            )
+            probs.append(p)
+            embs.append(e)
+        return np.concatenate(probs), np.concatenate(embs).astype(np.float32)
+
+    def predicted(self, probs: np.ndarray) -> list[str]:
+        return [self.class_names[i] for i in np.argmax(probs, axis=1)]
+
+
+def load_model(path: str | Path) -> Model:
+    """``model.onnx`` (or the folder holding it) and the ``model.json`` written beside it."""
+    path = Path(path)
+    onnx_path = path / "model.onnx" if path.is_dir() else path
+    meta_path = onnx_path.with_name("model.json")
+    if not onnx_path.is_file():
+        raise DriftInputError(f"{onnx_path}: model file not found (run the register stage)")
+    if not meta_path.is_file():
+        raise DriftInputError(f"{meta_path}: not found beside {onnx_path.name}")
+    try:
+        info = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DriftInputError(f"{meta_path}: cannot read model.json: {exc}") from None
+    missing = [k for k in ("name", "version", "class_names", "input_size") if k not in info]
+    if missing:
+        raise DriftInputError(f"{meta_path}: lacks {missing}: not written by the register stage?")
+    digest = sha256_file(onnx_path)
+    expected = (info.get("onnx") or {}).get("sha256")
+    if expected and expected != digest:
+        raise DriftInputError(
+            f"{onnx_path}: sha256 {digest[:12]}... does not match model.json ({expected[:12]}...)"
+        )
+    return Model(
+        onnx_path,
+        str(info["name"]),
+        str(info["version"]),
+        [str(c) for c in info["class_names"]],
+        int(info["input_size"]),
+        dict(info.get("preprocess") or {}),
+        digest,
+    )
+
+
+# ------------------------------------------------------------------------------ the reference
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DriftInputError(f"{path}: {what} not found")
+    try:
+        return pd.read_csv(path, keep_default_na=False, dtype={"sha256": str, "path": str})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DriftInputError(f"{path}: cannot read {what}: {exc}") from None
+
+
+def numeric_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
+    """``columns`` of ``frame`` as float; a missing column is an error naming ``source``."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DriftInputError(
+            f"{source}: lacks feature column(s) {missing} (has {list(frame.columns)}); expected "
+            "the preprocess stage's features.csv (docs/pipeline.md)"
+        )
+    return frame[list(columns)].apply(pd.to_numeric, errors="coerce").astype(np.float64)
+
+
+def load_reference(
+    features_csv: str | Path,
+    *,
+    split_csv: str | Path | None = None,
+    split: str = "train",
+    model: Model | None = None,
+    embeddings_file: str | Path | None = None,
+    root: str | Path = ".",
+    cache_dir: str | Path | None = None,
+    features: Sequence[str] = FEATURE_COLUMNS,
+) -> Table:
+    """The training feature table, restricted to ``split`` rows of ``split_csv`` when given.
+
+    Predicted classes: the model's predictions on the training images with ``model``, else the
+    labels (``class``). Embeddings: from ``embeddings_file`` (``.npz`` with ``sha256`` and
+    ``embedding``), else computed with ``model`` (cached in ``cache_dir``), else none.
+    """
+    features_csv = Path(features_csv)
+    table = _read_csv(features_csv, "reference feature table")
+    source = str(features_csv)
+    notes: list[str] = []
+    if split_csv is not None:
+        split_csv = Path(split_csv)
+        splits = _read_csv(split_csv, "split table")
+        need = [c for c in ("path", "split", "image") if c not in splits.columns]
+        if need or "path" not in table.columns:
+            raise DriftInputError(
+                f"{split_csv if need else features_csv}: lacks column(s) {need or ['path']}"
+            )
+        chosen = splits[splits["split"] == split]
+        if chosen.empty:
+            raise DriftInputError(
+                f"{split_csv}: no rows with split == {split!r} (splits: "
+                f"{sorted(splits['split'].unique())})"
+            )
+        table = chosen[["path", "image"]].merge(
+            table.drop(columns=["image"], errors="ignore"), on="path", how="left", indicator=True
+        )
+        lost = table.loc[table["_merge"] == "left_only", "path"].tolist()
+        if lost:
+            raise DriftInputError(
+                f"{split_csv}: {len(lost)} {split} image(s) not in {features_csv} (e.g. "
+                f"{lost[:3]}): the two files are from different pipeline runs (`dvc repro`)"
+            )
+        source = f"{features_csv} ({split} split of {split_csv})"
+    values = numeric_features(table, features, str(features_csv))
+    bad = values.isna().any(axis=1)
+    if bad.any():
+        where = table["path"] if "path" in table else pd.Series(table.index + 2)  # file lines
+        raise DriftInputError(
+            f"{features_csv}: {int(bad.sum())} row(s) with missing or non-numeric features "
+            f"(e.g. {where[bad.to_numpy()].head(3).tolist()})"
+        )
+    frame = values.reset_index(drop=True)
+    embeddings = None
+    if model is not None or embeddings_file is not None:
+        keys = table["sha256"].astype(str).tolist() if "sha256" in table else None
+        if keys is None:
+            raise DriftInputError(f"{features_csv}: lacks column 'sha256' to match embeddings")
+        if embeddings_file is not None:
+            embeddings, predicted = _embeddings_from_file(Path(embeddings_file), keys)
+            notes.append(f"reference embeddings read from {embeddings_file}")
+        else:
+            assert model is not None
+            if "image" not in table.columns:
+                raise DriftInputError(
+                    "reference embeddings need the preprocessed images: pass the split table "
+                    "(processed/split.csv, column 'image')"
+                )
+            embeddings, predicted = _model_outputs(
+                model, table["image"].tolist(), keys, Path(root), cache_dir
+            )
+            notes.append(
+                f"reference embeddings and predictions: model {model.name} {model.version} "
+                f"on the {len(keys)} {split} images"
+            )
+        if predicted is not None:
+            frame["predicted"] = predicted
+    if "predicted" not in frame and "class" in table.columns:
+        frame["predicted"] = table["class"].astype(str).to_numpy()
+        notes.append("reference class distribution: the training labels (no model predictions)")
+    return Table(frame, embeddings, source, "reference", {"rows": len(frame)}, [], notes)
+
+
+def _embeddings_from_file(path: Path, keys: list[str]) -> tuple[np.ndarray, list[str] | None]:
+    if not path.is_file():
+        raise DriftInputError(f"{path}: reference embeddings file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            shas = [str(s) for s in data["sha256"]]
+            emb = np.asarray(data["embedding"], dtype=np.float32)
+            pred = [str(p) for p in data["predicted"]] if "predicted" in data else None
+    except (OSError, KeyError, ValueError) as exc:
+        raise DriftInputError(
+            f"{path}: expected an .npz with arrays 'sha256' and 'embedding' ({exc})"
+        ) from None
+    if emb.ndim != 2 or len(emb) != len(shas):
+        raise DriftInputError(f"{path}: 'embedding' has shape {emb.shape} for {len(shas)} keys")
+    index = {s: i for i, s in enumerate(shas)}
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise DriftInputError(
+            f"{path}: no embedding for {len(missing)} reference image(s) (e.g. {missing[:3]})"
+        )
+    rows = [index[k] for k in keys]
+    return emb[rows], None if pred is None else [pred[i] for i in rows]
+
+
+def _model_outputs(
+    model: Model,
+    images: list[str],
+    keys: list[str],
+    root: Path,
+    cache_dir: str | Path | None,
+) -> tuple[np.ndarray, list[str]]:
+    """The model's embeddings and predictions for the preprocessed training images."""
+    key = sha256_bytes(("\n".join([model.sha256, *keys])).encode())[:20]
+    cache = Path(cache_dir) / f"reference-{key}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as data:
+                return np.asarray(data["embedding"]), [str(p) for p in data["predicted"]]
+        except (OSError, KeyError, ValueError):
+            pass  # unreadable cache entry: recompute and overwrite it
+    batch = []
+    for rel in images:
+        path = root / rel
+        try:
+            rgb, _ = read_rgb8(path, strict=False)
+        except (OSError, ImageError) as exc:
+            raise DriftInputError(f"{path}: cannot read preprocessed image: {exc}") from None
+        if rgb.shape[:2] != (model.input_size, model.input_size):
+            raise DriftInputError(
+                f"{path}: {rgb.shape[1]}x{rgb.shape[0]} px but model {model.version} expects "
+                f"{model.input_size} px: processed/images and the model are from different "
+                "runs (`dvc repro`)"
+            )
+        batch.append(rgb)
+    probs, emb = model.run(np.stack(batch))
+    predicted = model.predicted(probs)
+    if cache is not None:
+        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, sha256=np.array(keys), embedding=emb, predicted=np.array(predicted))
+    return emb, predicted
+
+
+# ---------------------------------------------------------------------------- prediction logs
+
+
+def log_files(path: str | Path) -> list[Path]:
+    """The log files under ``path`` (a folder of ``predictions-*.jsonl`` or one ``.jsonl``)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.glob(LOG_GLOB) if p.is_file())
+
+
+def _file_day(path: Path) -> dt.date | None:
+    match = _LOG_DATE.match(path.name)
+    if not match:
+        return None
+    try:
+        return dt.date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Parsed:
+    ts: list[str] = field(default_factory=list)
+    name: list[str] = field(default_factory=list)
+    version: list[str] = field(default_factory=list)
+    predicted: list[str] = field(default_factory=list)
+    features: list[list[Any]] = field(default_factory=list)
+    embedding: list[np.ndarray | None] = field(default_factory=list)
+    where: list[str] = field(default_factory=list)
+
+
+def _parse_lines(files: Sequence[Path], columns: Sequence[str]) -> tuple[_Parsed, Counter, list]:
+    out = _Parsed()
+    bad: Counter[str] = Counter()
+    problems: list[str] = []
+
+    def reject(where: str, reason: str) -> None:
+        bad[reason] += 1
+        if len(problems) < MAX_EXAMPLES:
+            problems.append(f"{where}: {reason}")
+
+    for path in files:
+        try:
+            fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        except OSError as exc:
+            reject(str(path), f"unreadable file ({exc.strerror})")
+            continue
+        with fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    reject(where, "not valid JSON (a truncated line?)")
+                    continue
+                if not isinstance(rec, dict):
+                    reject(where, "not a JSON object")
+                    continue
+                lacking = [k for k in LOG_REQUIRED if rec.get(k) is None]
+                if lacking:
+                    reject(where, f"lacks {', '.join(lacking)}")
+                    continue
+                feats = rec["features"]
+                if not isinstance(feats, dict):
+                    reject(where, "features is not an object")
+                    continue
+                emb = rec.get("embedding")
+                if isinstance(emb, list) and emb:
+                    try:
+                        emb = np.asarray(emb, dtype=np.float32)
+                    except (TypeError, ValueError):
+                        emb = None
+                    if emb is not None and emb.ndim != 1:
+                        emb = None
+                else:
+                    emb = None
+                out.ts.append(str(rec["ts"]))
+                out.name.append(str(rec.get("model_name", "")))
+                out.version.append(str(rec["model_version"]))
+                out.predicted.append(str(rec["predicted"]))
+                out.features.append([feats.get(c) for c in columns])
+                out.embedding.append(emb)
+                out.where.append(where)
+    return out, bad, problems
+
+
+def parse_time(text: str, what: str) -> pd.Timestamp:
+    """An ISO 8601 date or time as a UTC timestamp (naive times are UTC)."""
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError:
+        raise DriftInputError(f"{what}: {text!r} is not an ISO 8601 date/time") from None
+    if ts is pd.NaT:
+        raise DriftInputError(f"{what}: {text!r} is not a date/time")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def parse_since(text: str, now: pd.Timestamp) -> pd.Timestamp:
+    """``7d``, ``36h``, ``2w`` before ``now``, or an ISO 8601 date/time."""
+    match = re.fullmatch(r"\s*(\d+)\s*([hdw])\s*", text)
+    if match:
+        hours = int(match.group(1)) * {"h": 1, "d": 24, "w": 24 * 7}[match.group(2)]
+        return now - pd.Timedelta(hours=hours)
+    return parse_time(text, "--since (expected e.g. 7d, 36h, 2w or 2026-05-01)")
+
+
+def read_logs(
+    path: str | Path,
+    *,
+    since: pd.Timestamp | None = None,
+    until: pd.Timestamp | None = None,
+    model_version: str | None = None,
+    model_name: str | None = None,
+    strict_version: bool = False,
+    features: Sequence[str] = FEATURE_COLUMNS,
+) -> Table:
+    """Prediction logs in ``[since, until)`` of one model version.
+
+    The version is ``model_version`` (the reference model's), else the one of the newest
+    record; records of other versions (or another ``model_name``) are excluded and counted, or
+    an error with ``strict_version``. Lines that are not valid records and rows with missing
+    or non-finite features are excluded and counted.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DriftInputError(f"{path}: prediction log folder not found")
+    files = log_files(path)
+    if not files:
+        raise DriftInputError(f"{path}: no prediction logs ({LOG_GLOB}) in this folder")
+    counts: dict[str, Any] = {"files": len(files)}
+    skipped_files = [
+        p
+        for p in files
+        if (day := _file_day(p)) is not None
+        and (
+            (since is not None and day < (since - pd.Timedelta(days=1)).date())
+            or (until is not None and day > (until + pd.Timedelta(days=1)).date())
+        )
+    ]  # a file holds one UTC day; one day of margin either side, the rows are filtered below
+    files = [p for p in files if p not in skipped_files]
+    counts["files_read"] = len(files)
+    parsed, bad, problems = _parse_lines(files, features)
+    ts = pd.to_datetime(
+        pd.Series(parsed.ts, dtype=object), utc=True, errors="coerce", format="ISO8601"
+    )
+    bad_ts = ts.isna().to_numpy()
+    for i in np.flatnonzero(bad_ts)[: MAX_EXAMPLES - len(problems)]:
+        problems.append(f"{parsed.where[i]}: ts {parsed.ts[i]!r} is not an ISO 8601 time")
+    counts["bad_lines"] = sum(bad.values()) + int(bad_ts.sum())
+    frame = numeric_features(pd.DataFrame(parsed.features, columns=list(features)), features, "")
+    frame = frame.where(np.isfinite(frame.to_numpy()))
+    frame["predicted"] = parsed.predicted
+    frame["model_name"] = parsed.name
+    frame["model_version"] = parsed.version
+    frame["ts"] = ts
+    keep = ~bad_ts
+    in_time = keep.copy()
+    if since is not None:
+        in_time &= (ts >= since).to_numpy()
+    if until is not None:
+        in_time &= (ts < until).to_numpy()
+    counts["outside_time_range"] = int((keep & ~in_time).sum())
+    keep &= in_time
+    if not keep.any():
+        raise DriftInputError(
+            f"{path}: no usable prediction records{_range_text(since, until)} "
+            f"({counts['bad_lines']} unusable line(s) in {len(files)} file(s))"
+        )
+    if model_version is None:
+        newest = int(np.flatnonzero(keep)[np.argmax(ts[keep].to_numpy())])
+        model_version = str(frame.at[newest, "model_version"])
+        model_name = model_name or str(frame.at[newest, "model_name"])
+    same = (frame["model_version"] == model_version).to_numpy()
+    if model_name:
+        same &= (frame["model_name"] == model_name).to_numpy()
+    other = keep & ~same
+    if other.any():
+        found = Counter(
+            f"{n} {v}".strip() for n, v in frame.loc[other, ["model_name", "model_version"]].values
+        )
+        if strict_version:
+            raise DriftInputError(
+                f"{path}: {int(other.sum())} record(s) from other model versions "
+                f"({dict(found)}); the reference model is {model_name or ''} {model_version} "
+                "(drop --strict-version to exclude them)"
+            )
+        counts["other_versions"] = dict(found)
+    counts["other_version_rows"] = int(other.sum())
+    keep &= same
+    incomplete = keep & frame[list(features)].isna().any(axis=1).to_numpy()
+    for i in np.flatnonzero(incomplete)[: max(0, MAX_EXAMPLES - len(problems))]:
+        gaps = [c for c in features if pd.isna(frame.at[i, c])]
+        problems.append(f"{parsed.where[i]}: missing or non-numeric features {gaps}")
+    counts["incomplete_rows"] = int(incomplete.sum())
+    keep &= ~incomplete
+    counts["rows_read"] = len(frame)
+    table = Table(
+        frame.loc[keep].reset_index(drop=True),
+        None,
+        str(path),
+        "logs",
+        counts,
+        problems,
+    )
+    table.counts["rows"] = len(table)
+    table.counts["model"] = f"{model_name or ''} {model_version}".strip()
+    if table.frame.empty:
+        raise DriftInputError(
+            f"{path}: no complete records of model {table.counts['model']}"
+            f"{_range_text(since, until)} (excluded: {_excluded_text(counts)})"
+        )
+    table.embeddings, note = _stack_embeddings([parsed.embedding[i] for i in np.flatnonzero(keep)])
+    if note:
+        table.notes.append(note)
+    return table
+
+
+def _range_text(since: pd.Timestamp | None, until: pd.Timestamp | None) -> str:
+    if since is None and until is None:
+        return ""
+    return f" in [{since.isoformat() if since is not None else '...'}, " + (
+        f"{until.isoformat() if until is not None else '...'})"
+    )
+
+
+def _excluded_text(counts: Mapping[str, Any]) -> str:
+    parts = [
+        f"{counts.get(k, 0)} {label}"
+        for k, label in (
+            ("bad_lines", "unusable lines"),
+            ("other_version_rows", "other model versions"),
+            ("incomplete_rows", "incomplete"),
+            ("outside_time_range", "outside the time range"),
+        )
+    ]
+    return ", ".join(parts)
+
+
+def _stack_embeddings(embs: list[np.ndarray | None]) -> tuple[np.ndarray | None, str]:
+    if not embs:
+        return None, ""
+    missing = sum(e is None for e in embs)
+    if missing:
+        return None, (
+            f"embeddings not compared: {missing} of {len(embs)} records have none "
+            "(embedding logging disabled?)"
+        )
+    dims = Counter(len(e) for e in embs if e is not None)
+    if len(dims) > 1:
+        return None, f"embeddings not compared: records have different sizes {dict(dims)}"
+    return np.stack(embs), ""  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def image_files(folder: str | Path) -> tuple[list[Path], int]:
+    """Image files under ``folder`` (recursive, hidden entries skipped) and how many other
+    files there are."""
+    folder = Path(folder)
+    files, others = [], 0
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(path)
+        else:
+            others += 1
+    return files, others
+
+
+def _decoded(files: Sequence[Path], model: Model | None) -> Iterator[tuple[Path, Any]]:
+    from ihcflow.preprocess import prepare_image
+
+    for path in files:
+        try:
+            data = path.read_bytes()
+            if model is None:
+                rgb, _ = decode_rgb8(data, str(path), strict=True)
+                yield path, (None, image_features(rgb))
+            else:
+                out, feats, _ = prepare_image(data, str(path), model.preprocess, strict=True)
+                yield path, (out, feats)
+        except (OSError, ValueError) as exc:  # ImageError is a ValueError
+            yield path, exc
+
+
+def read_image_folder(
+    folder: str | Path, *, model: Model | None = None, features: Sequence[str] = FEATURE_COLUMNS
+) -> Table:
+    """Features (and, with ``model``, embedding and predicted class) of every image under
+    ``folder``: decoded, measured before correction, and prepared exactly like the server's
+    uploads. Unreadable images are left out and listed."""
+    folder = Path(folder)
+    if model is not None:
+        from ihcflow.preprocess import check_params
+
+        try:
+            check_params(model.preprocess)
+        except ValueError as exc:
+            raise DriftInputError(
+                f"{model.path.with_name('model.json')}: new images cannot be prepared like the "
+                f"training images: {exc}"
+            ) from None
+    files, others = image_files(folder)
+    if not files:
+        raise DriftInputError(
+            f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no prediction logs "
+            f"({LOG_GLOB}) in this folder"
+        )
+    rows: list[list[float]] = []
+    names: list[str] = []
+    prepared: list[np.ndarray] = []
+    problems: list[str] = []
+    unreadable = 0
+    for path, result in _decoded(files, model):
+        if isinstance(result, Exception):
+            unreadable += 1
+            if len(problems) < MAX_EXAMPLES:
+                problems.append(f"{path}: {result}")
+            continue
+        out, feats = result
+        rows.append([feats[c] for c in features])
+        names.append(str(path.relative_to(folder)))
+        if out is not None:
+            prepared.append(out)
+    counts: dict[str, Any] = {
+        "files": len(files),
+        "unreadable_images": unreadable,
+        "other_files": others,
+    }
+    if not rows:
+        raise DriftInputError(
+            f"{folder}: none of the {len(files)} image(s) could be read (first: {problems[0]})"
+        )
+    frame = pd.DataFrame(rows, columns=list(features), dtype=np.float64)
+    embeddings = None
+    notes = []
+    if model is not None:
+        probs, embeddings = model.run(np.stack(prepared))
+        frame["predicted"] = model.predicted(probs)
+        notes.append(f"embeddings and predictions: model {model.name} {model.version}")
+    frame["path"] = names
+    counts["rows"] = len(frame)
+    return Table(frame, embeddings, str(folder), "images", counts, problems, notes)
+
+
+def is_log_source(path: str | Path) -> bool:
+    """Whether ``path`` holds prediction logs (else it is read as an image folder)."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() in (".jsonl", ".json")
+    return path.is_dir() and any(p.is_file() for p in path.glob(LOG_GLOB))
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a JSON-safe float (None for NaN/inf)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
