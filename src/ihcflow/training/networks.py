@@ -34,7 +34,7 @@ class CompactCNN(nn.Module):
         num_classes: int,
         input_size: int,
         channels: Sequence[int] = (32, 64, 128),
-        convs_per_block: int = 2,
+        convs_per_block: int | Sequence[int] = 2,
         hidden: int = 256,
         dropout: float = 0.3,
         grid: int = 3,
@@ -47,10 +47,16 @@ class CompactCNN(nn.Module):
             raise ValueError(
                 f"input_size {input_size} px is too small for {len(channels)} pooling blocks"
             )
+        if isinstance(convs_per_block, int):
+            convs_per_block = [convs_per_block] * len(channels)
+        if len(convs_per_block) != len(channels):
+            raise ValueError(
+                f"convs_per_block has {len(convs_per_block)} entries for {len(channels)} blocks"
+            )
         layers: list[nn.Module] = []
         cin = in_channels
-        for cout in channels:
-            for i in range(convs_per_block):
+        for cout, n_convs in zip(channels, convs_per_block, strict=True):
+            for i in range(n_convs):
                 layers += _conv_bn_relu(cin if i == 0 else cout, cout)
             layers.append(nn.MaxPool2d(2))
             cin = cout
