@@ -57,3 +57,11 @@ def test_image_features_are_thumbnail_and_channel_stats() -> None:
     mean_r, std_r = feats[0, 12], feats[0, 15]
     assert mean_r == pytest.approx(0.25)
     assert std_r == pytest.approx((0.25 * 0.75) ** 0.5)
+
+
+def test_compact_cnn_convs_per_block_list() -> None:
+    net = CompactCNN(num_classes=3, input_size=28, convs_per_block=[1, 2, 2])
+    convs = [m for m in net.body if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 64, 128, 128]
+    with pytest.raises(ValueError, match="convs_per_block has 2 entries for 3 blocks"):
+        CompactCNN(num_classes=3, input_size=28, convs_per_block=[1, 2])
