@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from ihcflow import cli as ihcflow_cli
 from ihcflow.imageio import encode_png, read_rgb8
@@ -22,7 +21,13 @@ from ihcflow.monitoring.cli import main
 from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain, write_logs
 from ihcflow.monitoring.sources import load_model
 from tests.conftest import PBC_SAMPLE
-from tests.integration.test_register import PASSING, TinyPredictor, load_stage, train_tiny
+from tests.integration.test_register import (
+    PASSING,
+    TinyPredictor,
+    evaluate_tiny,
+    register,
+    train_tiny,
+)
 from tests.unit.test_drift_stats import pool
 from tests.unit.test_metrics import COLOURS, SIZE, _make_image, write_dataset
 
@@ -276,32 +281,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     split = write_dataset(root, per_class=45, noise=25.0)
     predictor = TinyPredictor(train_tiny(root))
     predictor.config["preprocess"] = PREPROCESS  # model.json records what the model was fed
-    ckpt = root / "models/checkpoints/best.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": predictor.net.state_dict(), "config": predictor.config}, ckpt)
-    params = {"split": "test", "batch_size": 16, "misclassified": {"max_images": 0, "columns": 2}}
-    evaluate = load_stage("evaluate")
-    result = evaluate.run(predictor, params, split_csv=root / "processed/split.csv", root=root)
-    evaluate.write_outputs(
-        result,
-        params,
-        root=root,
-        input_size=SIZE,
-        metrics_path=root / "reports/metrics.json",
-        predictions_path=root / "reports/predictions.csv",
-        plots_dir=root / "reports/plots",
-    )
-    load_stage("register").run(
-        predictor,
-        PASSING,
-        checkpoint=ckpt,
-        metrics_path=root / "reports/metrics.json",
-        predictions_path=root / "reports/predictions.csv",
-        split_csv=root / "processed/split.csv",
-        root=root,
-        models_dir=root / "models",
-        preprocess=PREPROCESS,
-    )
+    ev = evaluate_tiny(root, predictor, batch_size=16, max_images=0)
+    register(ev, PASSING, preprocess=PREPROCESS)
     rows = [
         {**r, **image_features(read_rgb8(root / r["image"])[0])} for r in split.to_dict("records")
     ]

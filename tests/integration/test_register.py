@@ -120,30 +120,31 @@ def train_tiny(root: Path, seed: int = 0) -> MeanColourNet:
     return net
 
 
-@pytest.fixture
-def evaluated(tmp_path: Path) -> dict[str, Any]:
-    """A project folder with data, a trained tiny model, its checkpoint and evaluate's outputs."""
-    write_dataset(tmp_path, per_class=18, noise=25.0)
-    predictor = TinyPredictor(train_tiny(tmp_path))
-    ckpt = tmp_path / "models/checkpoints/best.ckpt"
+def evaluate_tiny(
+    root: Path, predictor: Any, *, batch_size: int = 8, max_images: int = 4
+) -> dict[str, Any]:
+    """Save ``predictor`` as the train stage's checkpoint and run the evaluate stage on it."""
+    ckpt = root / "models/checkpoints/best.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": predictor.net.state_dict(), "config": predictor.config}, ckpt)
     evaluate = load_stage("evaluate")
-    params = {"split": "test", "batch_size": 8, "misclassified": {"max_images": 4, "columns": 2}}
-    result = evaluate.run(
-        predictor, params, split_csv=tmp_path / "processed/split.csv", root=tmp_path
-    )
+    params = {
+        "split": "test",
+        "batch_size": batch_size,
+        "misclassified": {"max_images": max_images, "columns": 2},
+    }
+    result = evaluate.run(predictor, params, split_csv=root / "processed/split.csv", root=root)
     shown = evaluate.write_outputs(
         result,
         params,
-        root=tmp_path,
+        root=root,
         input_size=SIZE,
-        metrics_path=tmp_path / "reports/metrics.json",
-        predictions_path=tmp_path / "reports/predictions.csv",
-        plots_dir=tmp_path / "reports/plots",
+        metrics_path=root / "reports/metrics.json",
+        predictions_path=root / "reports/predictions.csv",
+        plots_dir=root / "reports/plots",
     )
     return {
-        "root": tmp_path,
+        "root": root,
         "predictor": predictor,
         "ckpt": ckpt,
         "shown": shown,
@@ -151,7 +152,19 @@ def evaluated(tmp_path: Path) -> dict[str, Any]:
     }
 
 
-def register(ev: dict[str, Any], gate: dict[str, Any], predictor: Any = None) -> dict[str, Any]:
+@pytest.fixture
+def evaluated(tmp_path: Path) -> dict[str, Any]:
+    """A project folder with data, a trained tiny model, its checkpoint and evaluate's outputs."""
+    write_dataset(tmp_path, per_class=18, noise=25.0)
+    return evaluate_tiny(tmp_path, TinyPredictor(train_tiny(tmp_path)))
+
+
+_SIZE_ONLY = object()  # register()'s default: record only the input size as preprocess params
+
+
+def register(
+    ev: dict[str, Any], gate: dict[str, Any], predictor: Any = None, preprocess: Any = _SIZE_ONLY
+) -> dict[str, Any]:
     root = ev["root"]
     return load_stage("register").run(
         predictor or ev["predictor"],
@@ -162,7 +175,7 @@ def register(ev: dict[str, Any], gate: dict[str, Any], predictor: Any = None) ->
         split_csv=root / "processed/split.csv",
         root=root,
         models_dir=root / "models",
-        preprocess={"size": SIZE},
+        preprocess={"size": SIZE} if preprocess is _SIZE_ONLY else preprocess,
         train_summary_path=root / "reports/train/summary.json",
     )
 

@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,7 +30,13 @@ from ihcflow.imaging.features import FEATURE_COLUMNS
 from ihcflow.io import write_csv_atomic
 from ihcflow.serving.predlog import read_log
 from tests.conftest import REPO
-from tests.integration.test_register import TinyPredictor, load_stage, train_tiny
+from tests.integration.test_register import (
+    TinyPredictor,
+    evaluate_tiny,
+    load_stage,
+    register,
+    train_tiny,
+)
 from tests.unit.test_metrics import CLASSES, COLOURS, SIZE
 
 TOKEN = "s3cr3t-test-token-0123456789"
@@ -90,32 +95,9 @@ def build_registered_model(root: Path) -> dict[str, Any]:
 
     predictor = TinyPredictor(train_tiny(root))
     predictor.config["preprocess"] = preprocess  # what the train stage records
-    ckpt = root / "models/checkpoints/best.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": predictor.net.state_dict(), "config": predictor.config}, ckpt)
-    evaluate = load_stage("evaluate")
-    params = {"split": "test", "batch_size": 8, "misclassified": {"max_images": 4, "columns": 2}}
-    evaluation = evaluate.run(predictor, params, split_csv=root / "processed/split.csv", root=root)
-    evaluate.write_outputs(
-        evaluation,
-        params,
-        root=root,
-        input_size=SIZE,
-        metrics_path=root / "reports/metrics.json",
-        predictions_path=root / "reports/predictions.csv",
-        plots_dir=root / "reports/plots",
-    )
+    ev = evaluate_tiny(root, predictor)
     gate = {"min_balanced_accuracy": 0.0, "verify_images": 5, "model_name": "tiny"}
-    return load_stage("register").run(
-        predictor,
-        gate,
-        checkpoint=ckpt,
-        metrics_path=root / "reports/metrics.json",
-        predictions_path=root / "reports/predictions.csv",
-        split_csv=root / "processed/split.csv",
-        root=root,
-        models_dir=root / "models",
-    )
+    return register(ev, gate, preprocess=None)
 
 
 # --- the server ------------------------------------------------------------------------------
