@@ -36,15 +36,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import psutil
 from omegaconf import OmegaConf
 
 from ihcflow.imageio import decode_rgb8
 from ihcflow.imaging.features import image_features
 from ihcflow.imaging.ops import preprocess_image
-from ihcflow.io import sha256_bytes, sha256_file
+from ihcflow.io import sha256_bytes
 from ihcflow.preprocess import encode_png, preprocess_dataset, tune_malloc
+from ihcflow.validation import validate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("Er", "Her2neu", "Pr", "Ki-67", "Histology")
@@ -113,19 +113,6 @@ def copy_real(src: Path, folder: Path, n: int, tag: str) -> list[Path]:
         path.write_bytes(source.read_bytes() + f"copy {tag} {i}".encode())
         paths.append(path)
     return paths
-
-
-def manifest_of(data: Path) -> pd.DataFrame:
-    rows = [
-        {
-            "path": p.relative_to(data).as_posix(),
-            "class": p.parent.name,
-            "given_split": "",
-            "sha256": sha256_file(p),
-        }
-        for p in sorted(data.rglob("*.*"))
-    ]
-    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- measurements
@@ -200,7 +187,7 @@ def decode_rate(paths: Sequence[Path], workers: int) -> tuple[float, float]:
 
 
 def run_stage(data: Path, out: Path, cache: Path, cfg, workers: int) -> tuple[dict, int]:
-    manifest = manifest_of(data)
+    manifest = validate_dataset(data).manifest  # the stage's real input
     with PeakRSS() as rss:
         _, stats = preprocess_dataset(manifest, data, out, cfg, cache_dir=cache, workers=workers)
     return stats, rss.peak

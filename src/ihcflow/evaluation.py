@@ -29,7 +29,8 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from ihcflow.imageio import read_rgb8
+from ihcflow.split import read_split_table
+from ihcflow.training.datamodule import load_image
 
 SPLIT_COLUMNS = ("path", "class", "split", "image")
 PROB_TOLERANCE = 1e-3  # rows of `probs` must sum to 1 within this (softmax in float32)
@@ -141,13 +142,7 @@ def roc_points(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
 
 def read_split(split_csv: str | Path, split: str = "test") -> pd.DataFrame:
     """Rows of ``split`` from ``processed/split.csv``, checked for the columns evaluation needs."""
-    split_csv = Path(split_csv)
-    if not split_csv.is_file():
-        raise FileNotFoundError(f"{split_csv}: split file not found (run the split stage)")
-    frame = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{split_csv}: missing column(s) {', '.join(missing)}")
+    frame = read_split_table(split_csv, SPLIT_COLUMNS)
     rows = frame[frame["split"] == split].reset_index(drop=True)
     if rows.empty:
         found = sorted(set(frame["split"]))
@@ -160,16 +155,7 @@ def load_images(image_paths: Sequence[str], root: str | Path, size: int) -> np.n
     root = Path(root)
     batch = np.empty((len(image_paths), size, size, 3), dtype=np.uint8)
     for i, rel in enumerate(image_paths):
-        path = root / rel
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: preprocessed image not found (run preprocess)")
-        rgb, _ = read_rgb8(path, strict=False)
-        if rgb.shape[:2] != (size, size):
-            raise ValueError(
-                f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]}, the model expects "
-                f"{size}x{size} (preprocess.size changed since training?)"
-            )
-        batch[i] = rgb
+        batch[i] = load_image(root / rel, size)
     return batch
 
 

@@ -222,7 +222,8 @@ def test_bad_inputs_name_the_file(train: Train, toy_data: Path, tmp_path: Path) 
     with pytest.raises(DataError, match=str(victim)):
         train(root=root)
     write_toy_split(root, {"train": 8, "val": 4}, n_classes=2, size=SIZE + 4)
-    with pytest.raises(DataError, match=f"is {SIZE + 4}x{SIZE + 4} px, expected {SIZE}x{SIZE}"):
+    expected = f"is {SIZE + 4}x{SIZE + 4} px, the model expects {SIZE}x{SIZE}"
+    with pytest.raises(DataError, match=expected):
         train(root=root)
 
 

@@ -220,7 +220,8 @@ def test_evaluate_split_errors_name_the_problem(tmp_path: Path) -> None:
     predictor = MeanColourPredictor(CLASSES, images, np.array([0, 1, 2]))
     first_test = frame[frame["split"] == "test"]["image"].iloc[0]
     (tmp_path / first_test).write_bytes(encode_png(np.zeros((8, 8, 3), np.uint8)))
-    with pytest.raises(ValueError, match=rf"{first_test}: image is 8x8, the model expects 12x12"):
+    expected = rf"{first_test}: image is 8x8 px, the model expects 12x12"
+    with pytest.raises(ValueError, match=expected):
         evaluate_split(predictor, tmp_path / "processed/split.csv", tmp_path)
 
     with pytest.raises(ValueError, match=r"no rows with split='holdout'"):

@@ -32,6 +32,8 @@ def _write_image(path: Path, seed: int, shape=(40, 56)) -> None:
 
 
 def _manifest(data: Path) -> pd.DataFrame:
+    """Every file as a manifest row, unvalidated: so that the tests can hand preprocess the
+    duplicates and damaged files that the validate stage would have dropped."""
     rows = [
         {
             "path": p.relative_to(data).as_posix(),

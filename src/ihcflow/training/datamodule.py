@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ihcflow.imageio import ImageError, read_rgb8
+from ihcflow.split import SplitError, read_split_table
 from ihcflow.training.augment import Augment
 
 SPLIT_COLUMNS = ("path", "sha256", "class", "split", "group", "image")
@@ -33,13 +34,10 @@ class DataError(ValueError):
 
 def read_split(split_csv: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
     """Read and check ``split.csv``; return the table and the sorted class names."""
-    split_csv = Path(split_csv)
-    if not split_csv.is_file():
-        raise DataError(f"{split_csv}: split table not found (run the split stage first)")
-    frame = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{split_csv}: missing column(s) {missing}; found {list(frame.columns)}")
+    try:
+        frame = read_split_table(split_csv, SPLIT_COLUMNS)
+    except SplitError as exc:
+        raise DataError(str(exc)) from None
     bad = sorted(set(frame["split"]) - set(SPLITS))
     if bad:
         raise DataError(f"{split_csv}: unknown split value(s) {bad}, expected {list(SPLITS)}")
@@ -72,8 +70,8 @@ def load_image(path: Path, size: int | None) -> np.ndarray:
     h, w = rgb.shape[:2]
     if size is not None and (h, w) != (size, size):
         raise DataError(
-            f"{path}: image is {w}x{h} px, expected {size}x{size} "
-            "(every preprocessed image has size preprocess.size)"
+            f"{path}: image is {w}x{h} px, the model expects {size}x{size} "
+            "(every preprocessed image has size preprocess.size: did it change since training?)"
         )
     return rgb
 
