@@ -29,8 +29,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from ihcflow.split import read_split_table
-from ihcflow.training.datamodule import load_image
+from ihcflow.training.datamodule import load_image, read_split_table
 
 SPLIT_COLUMNS = ("path", "class", "split", "image")
 PROB_TOLERANCE = 1e-3  # rows of `probs` must sum to 1 within this (softmax in float32)

@@ -577,20 +577,3 @@ def read_split_inputs(manifest: str | Path, features: str | Path) -> pd.DataFram
             f"{stale[:3]} (stale outputs: re-run preprocess)"
         )
     return merged.drop(columns=["sha256_f", "_merge"]).sort_values("path").reset_index(drop=True)
-
-
-def read_split_table(
-    split_csv: str | Path, columns: Iterable[str] = OUTPUT_COLUMNS
-) -> pd.DataFrame:
-    """Read the split stage's output (``processed/split.csv``) as strings, as its consumers do.
-
-    Raises :class:`SplitError` naming the file when it is absent or lacks one of ``columns``.
-    """
-    split_csv = Path(split_csv)
-    if not split_csv.is_file():
-        raise SplitError(f"{split_csv}: split table not found (run the split stage first)")
-    frame = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise SplitError(f"{split_csv}: missing column(s) {missing}; found {list(frame.columns)}")
-    return frame

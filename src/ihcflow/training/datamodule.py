@@ -20,7 +20,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ihcflow.imageio import ImageError, read_rgb8
-from ihcflow.split import SplitError, read_split_table
 from ihcflow.training.augment import Augment
 
 SPLIT_COLUMNS = ("path", "sha256", "class", "split", "group", "image")
@@ -32,12 +31,23 @@ class DataError(ValueError):
     """The split table or an image it names cannot be used for training."""
 
 
+def read_split_table(
+    split_csv: str | os.PathLike[str], columns: Sequence[str] = SPLIT_COLUMNS
+) -> pd.DataFrame:
+    """Read the split stage's ``processed/split.csv`` as strings; check it has ``columns``."""
+    split_csv = Path(split_csv)
+    if not split_csv.is_file():
+        raise DataError(f"{split_csv}: split table not found (run the split stage first)")
+    frame = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{split_csv}: missing column(s) {missing}; found {list(frame.columns)}")
+    return frame
+
+
 def read_split(split_csv: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
     """Read and check ``split.csv``; return the table and the sorted class names."""
-    try:
-        frame = read_split_table(split_csv, SPLIT_COLUMNS)
-    except SplitError as exc:
-        raise DataError(str(exc)) from None
+    frame = read_split_table(split_csv)
     bad = sorted(set(frame["split"]) - set(SPLITS))
     if bad:
         raise DataError(f"{split_csv}: unknown split value(s) {bad}, expected {list(SPLITS)}")
