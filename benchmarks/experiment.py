@@ -15,6 +15,7 @@ run works, not what the preset reaches on BloodMNIST. The times are what the goa
 
     python benchmarks/experiment.py
     python benchmarks/experiment.py --scale 0.1 -S model.net.convs_per_block=[1,2,2]
+    python benchmarks/experiment.py --data ../shared/datasets/pbc-sample   # real images instead
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of BloodMNIST's size")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, help="import this folder or .npz instead of generating")
     ap.add_argument(
         "-S",
         "--set",
@@ -122,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     clone, log = work / "repo", work / "run.log"
     try:
         t0 = time.perf_counter()
-        counts = write_npz(work / "bloodmnist.npz", args.scale, args.seed)
+        if args.data is None:
+            source = work / "bloodmnist.npz"
+            write_npz(source, args.scale, args.seed)
+        else:
+            source = args.data.resolve()
         t_npz = time.perf_counter() - t0
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         for cmd in (
@@ -132,14 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(cmd, cwd=clone, check=True)
         times = {
             "import": timed(
-                ["ihcflow", "data", "import", str(work / "bloodmnist.npz"), "--replace"],
+                ["ihcflow", "data", "import", str(source), "--replace"],
                 clone,
                 env,
                 log,
             ),
         }
         times["version"] = timed(["dvc", "add", "-q", "data"], clone, env, log) + timed(
-            ["git", "commit", "-qam", "bloodmnist (generated)"], clone, env, log
+            ["git", "commit", "-qam", f"data: {source.name}"], clone, env, log
         )
         marks: list[tuple[str, float]] = []
         cmd = ["dvc", "exp", "run", "-S", "experiment=pbc28"]
@@ -149,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         metrics = json.loads((clone / "reports" / "metrics.json").read_text())
         summary = json.loads((clone / "reports" / "train" / "summary.json").read_text())
         model = json.loads((clone / "models" / "model.json").read_text())
+        split = pd.read_csv(clone / "processed" / "split.csv", usecols=["split"])["split"]
+        counts = {k: int(split.eq(k).sum()) for k in ("train", "val", "test")}
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     total = times["import"] + times["version"] + times["exp run"]
     result = {
+        "data": str(args.data) if args.data else "generated",
         "images": counts,
         "overrides": ["experiment=pbc28", *args.set],
         "seconds": {k: round(v, 1) for k, v in times.items()} | {"total": round(total, 1)},
@@ -174,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "load_after": [round(x, 2) for x in os.getloadavg()],
     }
-    print(f"generated npz: {t_npz:.1f} s ({counts})")
+    if args.data is None:
+        print(f"generated npz: {t_npz:.1f} s")
     for k, v in result["seconds"].items():
         print(f"{k:>8}: {v:7.1f} s")
     print(json.dumps(result, indent=2))
