@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -187,6 +188,30 @@ def test_class_imbalance_options(train: Train) -> None:
         assert summary["epochs_run"] == 1
     with pytest.raises(ValueError, match="train.imbalance is 'oversample'"):
         train("train.imbalance=oversample", "trainer.fast_dev_run=true")
+
+
+@pytest.mark.parametrize("model", ["model=cnn", "model=logreg"])
+def test_every_output_dvc_yaml_declares_for_train_is_written(
+    model: str, train: Train, tmp_path: Path
+) -> None:
+    """`dvc repro` fails a stage whose declared output is missing (logreg wrote no plots once)."""
+    stage_def = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    declared = [
+        entry if isinstance(entry, str) else next(iter(entry))
+        for key in ("outs", "metrics", "plots")
+        for entry in stage_def.get(key, [])
+    ]
+    train(model, "train.epochs=1")
+    where = {
+        "reports/train": tmp_path / "run" / "live",
+        "models/checkpoints": tmp_path / "run" / "checkpoints",
+    }
+    for path in declared:
+        prefix = next(p for p in where if path == p or path.startswith(p + "/"))
+        written = where[prefix] / path[len(prefix) :].lstrip("/")
+        assert written.exists(), f"{path} (as {written}) was not written"
+        if written.is_dir():
+            assert any(f.is_file() for f in written.rglob("*")), f"{path} is empty"
 
 
 @pytest.mark.parametrize("model", ["model=cnn", "model=logreg", "model=svm"])

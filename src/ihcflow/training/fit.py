@@ -346,8 +346,8 @@ def _fit_sklearn(
     ckpts.save_checkpoint(ckpt_dir / ckpts.BEST, ckpt)
     ckpts.save_checkpoint(ckpt_dir / ckpts.LAST, ckpt)
     with Live(**_live_kwargs(live_dir, resume=False)) as live:
-        for name, value in metrics.items():
-            live.log_metric(name, value, plot=False)
+        for name, value in metrics.items():  # one step: dvc.yaml declares plots/metrics for all
+            live.log_metric(name, value)
     monitor = str(cfg.train.monitor)
     return {
         "epochs_run": 1,
