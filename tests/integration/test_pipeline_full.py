@@ -7,7 +7,9 @@ no-op, and a `dvc repro` killed during training resumes from last.ckpt when reru
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -21,21 +23,37 @@ from tests.conftest import _env, run_cmd
 from tests.integration.test_pipeline_data import DVC, IHCFLOW, ran_stages, set_param
 
 STAGES = ["validate", "preprocess", "split", "train", "evaluate", "register"]
-GATE = ("min_accuracy", "min_balanced_accuracy", "min_f1_macro", "min_auroc_macro")
+# A few epochs do not make a good model: the gate is opened, these tests are about the wiring.
+GATE_OPEN = {
+    f"gate.{key}": 0.0
+    for key in (
+        "min_accuracy",
+        "min_balanced_accuracy",
+        "min_f1_macro",
+        "min_auroc_macro",
+        "min_class_recall",
+    )
+}
+SMALL = {"preprocess.size": 32, "train.early_stopping.patience": None, "gate.verify_images": 4}
 
 
-def sample_project(project, epochs: int) -> Path:
-    """A temporary clone of the pipeline on the built-in sample, sized to run in seconds."""
+def overrides(**params: object) -> list[str]:
+    """``-S key=value`` arguments for `dvc exp run` (Hydra override syntax)."""
+    args = []
+    for key, value in {**SMALL, **GATE_OPEN, **params}.items():
+        args += ["-S", f"{key}={'null' if value is None else value}"]
+    return args
+
+
+def sample_project(project, **params: object) -> Path:
+    """A temporary clone of the pipeline on the built-in sample, committed; with ``params`` (and
+    the small settings) written into params.yaml, for plain `dvc repro`."""
     root = project()
     run_cmd([IHCFLOW, "data", "synth"], root)  # the built-in sample, as `ihcflow data get`
     run_cmd([DVC, "add", "-q", "data"], root)
-    set_param(root, "preprocess.size", 32)
-    set_param(root, "train.epochs", epochs)
-    set_param(root, "train.early_stopping.patience", None)
-    for key in GATE:  # a few epochs do not make a good model: this tests the wiring
-        set_param(root, f"gate.{key}", 0.0)
-    set_param(root, "gate.min_class_recall", 0.0)
-    set_param(root, "gate.verify_images", 4)
+    if params:
+        for key, value in {**SMALL, **GATE_OPEN, **params}.items():
+            set_param(root, key, value)
     run_cmd(["git", "add", "-A"], root)
     run_cmd(["git", "commit", "-qm", "sample"], root)
     return root
@@ -43,7 +61,7 @@ def sample_project(project, epochs: int) -> Path:
 
 @pytest.mark.slow
 def test_repro_runs_the_whole_graph_then_is_a_noop(project) -> None:
-    root = sample_project(project, epochs=2)
+    root = sample_project(project, **{"train.epochs": 2})
     first = run_cmd([DVC, "repro"], root)
     assert ran_stages(first.stdout) == STAGES
     model = yaml.safe_load((root / "models/model.json").read_text())
@@ -73,7 +91,7 @@ def _kill_when(root: Path, proc: subprocess.Popen[str], done: Path, timeout: flo
 @pytest.mark.slow
 def test_repro_killed_during_training_resumes_and_keeps_the_history(project) -> None:
     epochs = 10
-    root = sample_project(project, epochs=epochs)
+    root = sample_project(project, **{"train.epochs": epochs})
     proc = subprocess.Popen(
         [DVC, "repro"],
         cwd=root,
@@ -96,3 +114,46 @@ def test_repro_killed_during_training_resumes_and_keeps_the_history(project) -> 
     assert history["step"].is_monotonic_increasing
     assert len(history) == epochs
     assert run_cmd([DVC, "status"], root).stdout.strip().endswith("up to date.")
+
+
+def experiments(root: Path) -> dict[str, dict]:
+    """``dvc exp show --json`` as {experiment name: {"params": ..., "metrics": ...}}."""
+    shown = json.loads(run_cmd([DVC, "exp", "show", "--json"], root).stdout)
+    found = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                found[rev["name"] or rev["rev"]] = {
+                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
+                    "metrics": data.get("metrics", {}).get("reports/metrics.json", {}).get("data"),
+                }
+    return found
+
+
+@pytest.mark.slow
+def test_exp_run_composes_params_from_conf_and_a_queued_sweep_runs(project) -> None:
+    root = sample_project(project)
+    small = overrides(**{"train.epochs": 2})
+    run_cmd([DVC, "exp", "run", "-n", "lr-0.01", *small, "-S", "train.optimizer.lr=0.01"], root)
+    params = yaml.safe_load((root / "params.yaml").read_text())  # composed from conf/ by DVC
+    assert params["train"]["optimizer"]["lr"] == 0.01 and params["preprocess"]["size"] == 32
+    assert params["model"]["name"] == "cnn" and params["trainer"]["accelerator"] == "cpu"
+
+    run_cmd([DVC, "exp", "run", "--queue", *small, "-S", "model=cnn,logreg"], root)
+    run_cmd([DVC, "queue", "start"], root)
+    deadline = time.monotonic() + 600
+    while True:
+        status = run_cmd([DVC, "queue", "status"], root).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+
+    exps = experiments(root)
+    assert exps["lr-0.01"]["params"]["train"]["optimizer"]["lr"] == 0.01
+    swept = {e["params"]["model"]["name"]: e["metrics"] for e in exps.values()}
+    assert {"cnn", "logreg"} <= set(swept)
+    for metrics in swept.values():
+        assert metrics is not None and 0 <= metrics["accuracy"] <= 1
