@@ -41,6 +41,7 @@ def run(
     models_dir: Path,
     preprocess: Mapping[str, Any] | None = None,
     train_summary_path: Path | None = None,
+    model_digest: str | None = None,
 ) -> dict[str, Any]:
     """Gate and register; returns model.json. Raises ``GateFailed`` (SystemExit) on fail."""
     metrics = _read_json(metrics_path, "metrics (run the evaluate stage)")
@@ -62,6 +63,7 @@ def run(
         preprocess=preprocess,
         train_summary=summary,
         predictions_source=str(predictions_path),
+        model_digest=model_digest,
     )
 
 
@@ -86,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ihcflow.training.predictor import load_predictor
 
     try:
+        predictor = load_predictor(args.checkpoint)
         info = run(
-            load_predictor(args.checkpoint),
+            predictor,
             gate,  # type: ignore[arg-type]
             checkpoint=args.checkpoint,
             metrics_path=args.metrics,
@@ -97,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             models_dir=args.models,
             preprocess=preprocess,  # type: ignore[arg-type]
             train_summary_path=args.train_summary,
+            model_digest=predictor.digest,
         )
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"register: {exc}; the registered model is unchanged") from None

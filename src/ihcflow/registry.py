@@ -199,12 +199,16 @@ def split_counts(split_csv: str | Path) -> dict[str, dict[str, int]]:
     return out
 
 
-def next_version(previous: Mapping[str, Any] | None, checkpoint_sha256: str) -> str:
-    """The previous version for the same checkpoint, else the previous one + 1 patch."""
+def next_version(previous: Mapping[str, Any] | None, digest: str) -> str:
+    """The previous version for the same model (its ``model_digest``), else previous + 1 patch.
+
+    The digest is of the weights, not of the checkpoint file, so the same training rerun in
+    another clone (another absolute path in Lightning's callback state) keeps the version.
+    """
     if not previous or "version" not in previous:
         return FIRST_VERSION
     version = str(previous["version"])
-    if previous.get("checkpoint", {}).get("sha256") == checkpoint_sha256:
+    if previous.get("checkpoint", {}).get("model_digest") == digest:
         return version
     parts = version.split(".")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
@@ -478,8 +482,13 @@ def register(
     preprocess: Mapping[str, Any] | None = None,
     train_summary: Mapping[str, Any] | None = None,
     predictions_source: str = "reports/predictions.csv",
+    model_digest: str | None = None,
 ) -> dict[str, Any]:
     """Gate, export, verify and register the candidate; returns the new model.json.
+
+    ``model_digest`` identifies the model for versioning (the same digest keeps the registered
+    version): :func:`ihcflow.training.checkpoints.model_digest`, a hash of the weights, as the
+    register stage passes it; without it, the checkpoint file's sha256.
 
     Raises :class:`GateFailed` (a ``SystemExit``) when a threshold does not hold; any error
     before the final swap leaves ``models_dir`` as it was.
@@ -513,8 +522,9 @@ def register(
     check_predictions_match(predictor, sample, probs, tolerance, predictions_source)
 
     checkpoint_sha = sha256_file(checkpoint)
+    digest = model_digest or checkpoint_sha
     previous = read_registered(models_dir)
-    version = gate_params.get("version") or next_version(previous, checkpoint_sha)
+    version = gate_params.get("version") or next_version(previous, digest)
     config = json.loads(json.dumps(dict(predictor.config or {}), default=str))
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=models_dir))
     try:
@@ -539,7 +549,11 @@ def register(
                 for r in result.rows
             ],
             "data": {**data_hash(root), "counts": split_counts(split_csv)},
-            "checkpoint": {"path": Path(checkpoint).as_posix(), "sha256": checkpoint_sha},
+            "checkpoint": {
+                "path": Path(checkpoint).as_posix(),
+                "sha256": checkpoint_sha,
+                "model_digest": digest,
+            },
             "onnx": {
                 "file": ONNX_NAME,
                 "sha256": sha256_file(onnx_path),

@@ -136,6 +136,14 @@ def test_two_runs_from_scratch_give_identical_metrics(train: Train, tmp_path: Pa
     a = (tmp_path / "a" / "live" / "metrics.json").read_text()
     b = (tmp_path / "b" / "live" / "metrics.json").read_text()
     assert a == b
+    # the same model, so the same registry identity, though the files differ (absolute paths)
+    ckpt_a, ckpt_b = (tmp_path / run / "checkpoints" / "best.ckpt" for run in ("a", "b"))
+    assert ckpt_a.read_bytes() != ckpt_b.read_bytes()
+    assert load_predictor(ckpt_a).digest == load_predictor(ckpt_b).digest
+    other = ckpts.load_checkpoint(ckpt_a)
+    weight = next(k for k in other["state_dict"] if k.endswith("weight"))
+    other["state_dict"][weight] = other["state_dict"][weight] * 1.001
+    assert ckpts.model_digest(other) != load_predictor(ckpt_a).digest
 
 
 class Kill(pl.Callback):

@@ -86,9 +86,9 @@ def test_gate_failed_exits_non_zero_with_the_table() -> None:
     assert "accuracy" in message and "0.5000" in message
 
 
-def test_versions_bump_only_for_a_new_checkpoint() -> None:
+def test_versions_bump_only_for_a_new_model() -> None:
     assert next_version(None, "a" * 64) == "1.0.0"
-    previous = {"version": "1.0.4", "checkpoint": {"sha256": "a" * 64}}
+    previous = {"version": "1.0.4", "checkpoint": {"sha256": "f" * 64, "model_digest": "a" * 64}}
     assert next_version(previous, "a" * 64) == "1.0.4"
     assert next_version(previous, "b" * 64) == "1.0.5"
     with pytest.raises(ValueError, match="expected MAJOR.MINOR.PATCH"):

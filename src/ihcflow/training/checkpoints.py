@@ -10,12 +10,15 @@ a scikit-learn estimator travels as pickled bytes that are only unpickled on req
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -100,3 +103,52 @@ def mark_finished(path: str | os.PathLike[str]) -> None:
     ckpt = load_checkpoint(path)
     ckpt[CKPT_KEY] = {**ckpt[CKPT_KEY], "finished": True}
     save_checkpoint(path, ckpt)
+
+
+# What decides a model's predictions, besides its weights (the rest of a run's config does not).
+_MODEL_META = ("kind", "class_names", "input_size", "mean", "std", "features")
+
+
+def _digest_update(h: Any, value: Any) -> None:
+    """Feed ``value`` to ``h`` in a canonical form (sorted keys; tensors as dtype, shape, bytes)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().contiguous()
+        h.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        h.update(f"A{value.dtype}{value.shape}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, bytes | bytearray):
+        h.update(b"B%d:" % len(value))
+        h.update(value)
+    elif isinstance(value, Mapping):
+        h.update(b"{")
+        for key in sorted(value, key=str):
+            h.update(f"{key!s}:".encode())
+            _digest_update(h, value[key])
+        h.update(b"}")
+    elif isinstance(value, list | tuple):
+        h.update(b"[")
+        for item in value:
+            _digest_update(h, item)
+        h.update(b"]")
+    else:
+        h.update(json.dumps(value, default=str).encode())
+
+
+def model_digest(ckpt: Mapping[str, Any]) -> str:
+    """sha256 of what the checkpoint's model computes: its weights (or fitted estimator), the
+    classes, input size, normalisation and preprocessing it expects.
+
+    Two runs that train the same weights give the same digest although their files differ:
+    Lightning stores absolute paths, optimiser and loop state in a checkpoint.
+    """
+    meta = ckpt[CKPT_KEY]
+    h = hashlib.sha256()
+    _digest_update(h, {key: meta.get(key) for key in _MODEL_META})
+    _digest_update(h, (meta.get("config") or {}).get("preprocess"))
+    weights = ckpt["state_dict"] if "state_dict" in ckpt else ckpt.get("estimator")
+    if weights is None:
+        raise ValueError("checkpoint holds neither a state_dict nor an estimator")
+    _digest_update(h, weights)
+    return h.hexdigest()

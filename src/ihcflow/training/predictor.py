@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from ihcflow.training.checkpoints import load_checkpoint
+from ihcflow.training.checkpoints import load_checkpoint, model_digest
 from ihcflow.training.module import CKPT_KEY, Normalize
 from ihcflow.training.networks import ImageFeatures
 
@@ -88,6 +88,7 @@ class Predictor:
             ) from None
         self.source = source
         self.meta = meta
+        self.digest = model_digest(ckpt)  # names the model in the registry (see register)
         if self.kind == "lightning":
             net = instantiate(
                 self.config["model"]["net"],
