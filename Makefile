@@ -30,7 +30,7 @@ params: install ## compose params.yaml from conf/ (what `dvc exp run -S ...` doe
 
 repro: data ## run the pipeline (`dvc repro`) and print the metrics
 	$(BIN)/dvc repro
-	@if [ -f reports/metrics.json ]; then $(BIN)/dvc metrics show; fi
+	$(BIN)/ihcflow report metrics
 
 test: install ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest

@@ -18,6 +18,7 @@ import pandas as pd
 from ihcflow import plots
 from ihcflow.evaluation import Predictor, evaluate_split, roc_points
 from ihcflow.io import load_params, write_csv_atomic, write_json_atomic
+from ihcflow.reporting.metrics import format_metrics
 
 
 @dataclass
@@ -77,16 +78,7 @@ def write_outputs(
 
 
 def _print_summary(metrics: Mapping[str, Any], shown: int) -> None:
-    keys = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
-    values = {k: metrics[k] for k in keys}
-    print(f"test images: {metrics['n_test']}")
-    for key, value in values.items():
-        print(f"  {key:<18} {'n/a' if value is None else f'{value:.4f}'}")
-    frame = pd.DataFrame(metrics["per_class"]).T[["precision", "recall", "f1", "support"]]
-    frame = frame.astype({"precision": float, "recall": float, "f1": float, "support": int})
-    print(frame.to_string(float_format=lambda v: f"{v:.3f}"))
-    if metrics["n_classes_in_test"] < len(metrics["per_class"]):
-        print("warning: some classes have no test image; macro averages leave them out")
+    print(format_metrics(metrics))
     print(f"misclassified images shown in the grid: {shown}")
 
 

@@ -37,9 +37,23 @@ def _cmd_pr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from ihcflow.reporting.metrics import format_metrics, read_json, registered_line
+
+    try:
+        print(format_metrics(read_json(args.metrics, "metrics (run `dvc repro`)")))
+        print(registered_line(args.model))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"ihcflow report metrics: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def add_parser(subparsers: Any) -> None:
     """Register `ihcflow report ...` on the top-level parser's subparsers."""
-    report = subparsers.add_parser("report", help="reports for people (the pull-request comment)")
+    report = subparsers.add_parser(
+        "report", help="reports for people (test metrics, the pull-request comment)"
+    )
     sub = report.add_subparsers(dest="report_command", required=True)
     pr = sub.add_parser(
         "pr",
@@ -62,3 +76,9 @@ def add_parser(subparsers: Any) -> None:
     )
     pr.add_argument("--root", type=Path, default=Path(), help="repository root (default: .)")
     pr.set_defaults(func=_cmd_pr)
+    metrics = sub.add_parser(
+        "metrics", help="the test metrics and the registered model, as text (make repro ends so)"
+    )
+    metrics.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
+    metrics.add_argument("--model", type=Path, default=Path("models/model.json"))
+    metrics.set_defaults(func=_cmd_metrics)
