@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", action="store_true", help="false alarms and detection")
     parser.add_argument("--seeds", type=int, default=20, help="draws per cell with --calibrate")
     args = parser.parse_args(argv)
+    if args.days < 3:
+        parser.error("--days must be at least 3: the logs' last 2 days are the drifted ones")
     params = DriftParams()
     if args.calibrate:
         calibrate(args.dim, args.seeds)

@@ -1,0 +1,60 @@
+"""Every script in benchmarks/ runs end to end at a tiny size (the figures are not checked:
+they are measured on a quiet machine, never asserted in tests)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cmd
+from tests.integration.test_pipeline_full import GATE_OPEN
+
+BENCH = REPO / "benchmarks"
+
+
+def bench(name: str, *args: str, cwd: Path) -> str:
+    return run_cmd([sys.executable, str(BENCH / f"{name}.py"), *args], cwd).stdout
+
+
+@pytest.mark.slow
+def test_preprocess_benchmark(tmp_path: Path) -> None:
+    out = bench("preprocess", "--n", "40", "--no-4n", cwd=tmp_path)
+    assert "ratio preprocess / decode" in out and "incremental, +" in out
+
+
+@pytest.mark.slow
+def test_train_benchmark(tmp_path: Path) -> None:
+    args = ["--n-train", "256", "--size", "16", "--classes", "4", "--epochs", "1"]
+    bench("train", *args, "--data", str(tmp_path / "data"), "--json", "r.json", cwd=tmp_path)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["lightning_over_plain"] > 0 and 0 <= report["plain"]["data_wait_share"] < 1
+
+
+@pytest.mark.slow
+def test_drift_benchmark(tmp_path: Path) -> None:
+    out = bench("drift", "--rows", "300", "600", "--days", "3", "--dim", "16", cwd=tmp_path)
+    assert "scaling, 2x the rows" in out
+
+
+@pytest.mark.slow
+def test_serve_benchmark(tmp_path: Path) -> None:
+    args = ["--size", "32", "--n", "10", "--load", "20", "--clients", "2", "--out", "s.json"]
+    out = bench("serve", *args, cwd=tmp_path)
+    assert "load onnxruntime" in out and "server errors 0" in out
+    assert (tmp_path / "s.json").is_file()
+
+
+@pytest.mark.slow
+def test_experiment_benchmark(tmp_path: Path) -> None:
+    opened = [arg for key, value in GATE_OPEN.items() for arg in ("-S", f"{key}={value}")]
+    args = ["--scale", "0.003", "-S", "train.epochs=1", "-S", "gate.verify_images=4", *opened]
+    bench("experiment", *args, "--json", "e.json", cwd=tmp_path)
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert list(result["stages"]) == [
+        "validate", "preprocess", "split", "train", "evaluate", "register"
+    ]  # fmt: skip
+    assert result["images"] == {"train": 36, "val": 8, "test": 10}
+    assert result["seconds"]["total"] > 0 and result["registered"].startswith("ihc-classifier")
