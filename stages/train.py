@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback
 
 from ihcflow.io import load_params
 from ihcflow.training.datamodule import DataError
-from ihcflow.training.fit import fit
+from ihcflow.training.fit import TrainConfigError, fit
 
 
 def run(
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             checkpoints=args.checkpoints,
             live_dir=args.live,
         )
-    except (DataError, FileNotFoundError, KeyError) as exc:
+    except (DataError, TrainConfigError, FileNotFoundError, KeyError) as exc:
         raise SystemExit(f"train: {exc}") from None
     _print_summary(summary)
 

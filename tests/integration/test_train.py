@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ihcflow.training import checkpoints as ckpts
 from ihcflow.training.datamodule import DataError, load_image
+from ihcflow.training.fit import TrainConfigError
 from ihcflow.training.module import CKPT_KEY
 from ihcflow.training.predictor import load_predictor
 from ihcflow.training.toydata import write_toy_split
@@ -318,6 +319,13 @@ def test_gpu_preset_fast_dev_run(train: Train, toy_data: Path, tmp_path: Path) -
 def test_gpu_preset_full_epochs(train: Train) -> None:
     summary = train("trainer=gpu", "train.epochs=3")
     assert summary["epochs_run"] == 3 and summary["best_score"] is not None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without CUDA says")
+@pytest.mark.parametrize("preset", ["trainer=gpu", "trainer=ddp"])
+def test_gpu_presets_without_cuda_fail_in_one_line(preset: str, train: Train) -> None:
+    with pytest.raises(TrainConfigError, match="train with trainer=cpu, or install the CUDA"):
+        train(preset)
 
 
 def test_lazy_decoding_trains_exactly_like_in_memory(train: Train, tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def load_image(path: Path, size: int | None) -> np.ndarray:
     if size is not None and (h, w) != (size, size):
         raise DataError(
             f"{path}: image is {w}x{h} px, the model expects {size}x{size} "
-            "(every preprocessed image has size preprocess.size: did it change since training?)"
+            "(preprocess.size is not the size these images were made with: rerun `dvc repro`)"
         )
     return rgb
 

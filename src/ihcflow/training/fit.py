@@ -91,6 +91,25 @@ def _expected_warnings(in_memory: bool, resuming: bool) -> Iterator[None]:
         yield
 
 
+class TrainConfigError(ValueError):
+    """The params ask for something this machine or install cannot do."""
+
+
+def check_accelerator(trainer: Mapping[str, Any]) -> None:
+    """Fail early, in one line, when ``trainer=gpu``/``ddp`` meets a torch that sees no GPU."""
+    accelerator = str(trainer.get("accelerator", "cpu")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        why = (
+            "a CPU-only build"
+            if torch.version.cuda is None
+            else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+        )
+        raise TrainConfigError(
+            f"trainer.accelerator is {accelerator!r} but torch {torch.__version__} is {why}: "
+            "train with trainer=cpu, or install the CUDA build of torch into .venv (README)"
+        )
+
+
 def _section(cfg: DictConfig, name: str) -> dict[str, Any]:
     node = cfg.get(name)
     if node is None:
@@ -166,6 +185,8 @@ def fit(
     kind = str(cfg.model.get("kind", "lightning"))
     if kind not in ("lightning", "sklearn"):
         raise ValueError(f"model.kind is {kind!r}, expected 'lightning' or 'sklearn'")
+    if kind == "lightning":
+        check_accelerator(cfg.trainer)
     t0 = time.perf_counter()
     dm = build_datamodule(cfg, split_csv, root)  # checks split.csv first: clear errors early
     fp = ckpts.fingerprint(config, split_csv)
