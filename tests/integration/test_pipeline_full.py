@@ -135,9 +135,10 @@ def experiments(root: Path) -> dict[str, dict]:
 def test_exp_run_composes_params_from_conf_and_a_queued_sweep_runs(project) -> None:
     root = sample_project(project)
     small = overrides(**{"train.epochs": 2})
-    run_cmd([DVC, "exp", "run", "-n", "lr-0.01", *small, "-S", "train.optimizer.lr=0.01"], root)
+    run_cmd([DVC, "exp", "run", "-n", "lr-0.01", *small, "-S", "train.lr=0.01"], root)
     params = yaml.safe_load((root / "params.yaml").read_text())  # composed from conf/ by DVC
-    assert params["train"]["optimizer"]["lr"] == 0.01 and params["preprocess"]["size"] == 32
+    assert params["train"]["lr"] == params["train"]["optimizer"]["lr"] == 0.01  # resolved
+    assert params["preprocess"]["size"] == 32
     assert params["model"]["name"] == "cnn" and params["trainer"]["accelerator"] == "cpu"
 
     run_cmd([DVC, "exp", "run", "--queue", *small, "-S", "model=cnn,logreg"], root)
@@ -152,7 +153,7 @@ def test_exp_run_composes_params_from_conf_and_a_queued_sweep_runs(project) -> N
     assert status.count("Success") == 2, status
 
     exps = experiments(root)
-    assert exps["lr-0.01"]["params"]["train"]["optimizer"]["lr"] == 0.01
+    assert exps["lr-0.01"]["params"]["train"]["lr"] == 0.01
     swept = {e["params"]["model"]["name"]: e["metrics"] for e in exps.values()}
     assert {"cnn", "logreg"} <= set(swept)
     for metrics in swept.values():
