@@ -8,7 +8,6 @@ On fail it exits non-zero with each metric against its threshold, leaving models
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ihcflow.io import load_params
+from ihcflow.io import load_params, read_json
 from ihcflow.registry import ExportablePredictor, register, summary_line
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 def run(
@@ -44,13 +34,13 @@ def run(
     model_digest: str | None = None,
 ) -> dict[str, Any]:
     """Gate and register; returns model.json. Raises ``GateFailed`` (SystemExit) on fail."""
-    metrics = _read_json(metrics_path, "metrics (run the evaluate stage)")
+    metrics = read_json(metrics_path, "metrics (run the evaluate stage)")
     if not predictions_path.is_file():
         raise FileNotFoundError(f"{predictions_path}: predictions not found (run evaluate)")
     predictions = pd.read_csv(predictions_path, keep_default_na=False)
     summary = None
     if train_summary_path is not None and train_summary_path.is_file():
-        summary = _read_json(train_summary_path, "training summary")
+        summary = read_json(train_summary_path, "training summary")
     return register(
         predictor,
         metrics,

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,46 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; errors name the file (``what``: what the file is for)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_csv_table(
+    path: str | os.PathLike[str],
+    columns: Iterable[str],
+    *,
+    error: type[Exception],
+    absent: str,
+) -> pd.DataFrame:
+    """Read a pipeline table (``processed/*.csv``, ``reports/data/*.csv``) as strings, empty
+    cells as ``""``, and check that it has ``columns``.
+
+    Raises ``error`` naming the file: ``"<path>: <absent>"`` when there is no such file, or
+    when it cannot be read as CSV or lacks a column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {absent}")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read as CSV ({exc})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise error(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    return frame
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> DictConfig:

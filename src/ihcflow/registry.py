@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ihcflow.io import sha256_file
+from ihcflow.io import read_json, sha256_file
 
 ONNX_NAME = "model.onnx"
 JSON_NAME = "model.json"
@@ -222,10 +222,7 @@ def read_registered(models_dir: str | Path) -> dict[str, Any] | None:
     path = Path(models_dir) / JSON_NAME
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: registered model.json is not valid JSON: {exc}") from None
+    return read_json(path, "registered model")
 
 
 # ---------------------------------------------------------------------------------------------

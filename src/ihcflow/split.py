@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from ihcflow.io import read_csv_table
+
 SPLITS = ("train", "val", "test")
 IMAGE_TEMPLATE = "processed/images/{}.png"
 OUTPUT_COLUMNS = ["path", "sha256", "class", "split", "group", "image"]
@@ -546,12 +548,12 @@ def read_split_inputs(manifest: str | Path, features: str | Path) -> pd.DataFram
         (Path(manifest), ["path", "class", "given_split", "sha256"]),
         (Path(features), ["path", "sha256", "processed_sha256"]),
     ):
-        if not path.is_file():
-            raise SplitError(f"{path}: not found (run the validate and preprocess stages first)")
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise SplitError(f"{path}: missing column(s) {missing}")
+        table = read_csv_table(
+            path,
+            columns,
+            error=SplitError,
+            absent="not found (run the validate and preprocess stages first)",
+        )
         if table.empty:
             raise SplitError(f"{path}: no images")
         dup = table.loc[table["path"].duplicated(), "path"].tolist()

@@ -404,3 +404,18 @@ def test_stage_rejects_stale_features(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=r"features.csv: lacks 1 image\(s\).*b/3.png"):
         _stage().main([])
+
+
+def test_stage_names_a_missing_or_unreadable_input(tmp_path, monkeypatch):
+    _write_stage_inputs(tmp_path, ["a/1.png", "a/2.png", "b/3.png"])
+    features = tmp_path / "reports" / "data" / "features.csv"
+    monkeypatch.chdir(tmp_path)
+    pd.read_csv(features).drop(columns=["processed_sha256"]).to_csv(features, index=False)
+    with pytest.raises(SystemExit, match=r"features.csv: missing column\(s\) \['processed_sha"):
+        _stage().main([])
+    features.write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"features.csv: cannot read as CSV"):
+        _stage().main([])
+    features.unlink()
+    with pytest.raises(SystemExit, match=r"features.csv: not found \(run the validate and"):
+        _stage().main([])

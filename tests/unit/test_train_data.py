@@ -114,3 +114,7 @@ def test_read_split_sorted_classes_and_errors(tmp_path: Path) -> None:
         read_split(bad)
     with pytest.raises(DataError, match="split table not found"):
         read_split(tmp_path / "absent.csv")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"empty.csv: cannot read as CSV"):
+        read_split(empty)

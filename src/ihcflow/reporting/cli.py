@@ -38,7 +38,8 @@ def _cmd_pr(args: argparse.Namespace) -> int:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    from ihcflow.reporting.metrics import format_metrics, read_json, registered_line
+    from ihcflow.io import read_json
+    from ihcflow.reporting.metrics import format_metrics, registered_line
 
     try:
         print(format_metrics(read_json(args.metrics, "metrics (run `dvc repro`)")))

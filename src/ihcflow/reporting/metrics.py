@@ -6,10 +6,11 @@ ends with), so that an up-to-date pipeline, where no stage runs, still shows whe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ihcflow.io import read_json
 
 HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
 PER_CLASS = ("precision", "recall", "f1", "support")
@@ -37,18 +38,6 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
         if metrics.get("n_classes_in_test", len(per_class)) < len(per_class):
             lines.append("warning: some classes have no test image; macro averages leave them out")
     return "\n".join(lines)
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
 
 
 def registered_line(model_json: Path) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ihcflow.imageio import ImageError, read_rgb8
+from ihcflow.io import read_csv_table
 from ihcflow.training.augment import Augment
 
 SPLIT_COLUMNS = ("path", "sha256", "class", "split", "group", "image")
@@ -35,14 +36,12 @@ def read_split_table(
     split_csv: str | os.PathLike[str], columns: Sequence[str] = SPLIT_COLUMNS
 ) -> pd.DataFrame:
     """Read the split stage's ``processed/split.csv`` as strings; check it has ``columns``."""
-    split_csv = Path(split_csv)
-    if not split_csv.is_file():
-        raise DataError(f"{split_csv}: split table not found (run the split stage first)")
-    frame = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"{split_csv}: missing column(s) {missing}; found {list(frame.columns)}")
-    return frame
+    return read_csv_table(
+        split_csv,
+        columns,
+        error=DataError,
+        absent="split table not found (run the split stage first)",
+    )
 
 
 def read_split(split_csv: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
