@@ -79,7 +79,10 @@ def test_dockerfile_builds_a_slim_non_root_image_without_torch() -> None:
     builder, runtime = stages()
     assert builder[0][1].endswith("AS builder") and runtime[0][1].endswith("AS runtime")
     base = next(a for w, a in dockerfile_instructions() if w == "ARG" and "PYTHON_IMAGE" in a)
-    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", base)
+    # pinned by digest (a rebuild gets the same base), with the tag it came from
+    pinned = re.fullmatch(r"PYTHON_IMAGE=(python:3\.11-slim(?:-\w+)?)@sha256:[0-9a-f]{64}", base)
+    assert pinned, f"base image not pinned by digest: {base}"
+    assert f"# {pinned.group(1)} (" in (REPO / "Dockerfile").read_text()  # which tag, and when
     # the install the tests reproduce: the pinned lock and the serve extra only
     assert install_command() == [
         "pip", "install", "--no-cache-dir", "-c", "requirements.lock", ".[serve]"
