@@ -4,7 +4,14 @@
 #   docker run -p 8000:8000 -e IHCFLOW_TOKEN=... ihcflow-serve:1.0.0
 # docs/serving.md has Compose and Kubernetes.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# python:3.11-slim-bookworm (Python 3.11.16, Debian 12), pinned by the digest of its
+# multi-platform index as published on Docker Hub on 2026-08-25 (docker-library/repo-info,
+# repos/python/remote/3.11-slim-bookworm.md): a rebuild gets the same base until this line
+# changes. To refresh (security updates), on a machine with Docker:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm
+# prints the tag's current index digest on its "Digest:" line: put it here, with the date and the
+# Python version (`docker run --rm python:3.11-slim-bookworm@sha256:... python -V`).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:fe556eaffd0d96abd8685b83bb8a69addd0dc730fa193669a7df0d49ddcfac02
 
 # --- builder: the same install the tests check: pip install -c requirements.lock .[serve] ----
 FROM ${PYTHON_IMAGE} AS builder

@@ -3,7 +3,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
+# torch is installed first, alone: pip would otherwise take PyPI's CUDA build (several GB).
+# TORCH_INDEX empty: pip's own configuration (this machine: the local CPU wheel). CI sets
+# PyTorch's CPU index, as PyTorch documents it: TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH := torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS := pipeline,serve,dev
+# The stamp holds a hash of what the install depends on, not a time: a .venv restored from a
+# CI cache is older than the fresh checkout's pyproject.toml, yet up to date.
 STAMP := $(VENV)/.installed
+SHA256 := $(shell command -v sha256sum || echo shasum -a 256)
+INSTALL_KEY := $(firstword $(shell { cat pyproject.toml requirements.lock; echo '$(TORCH) [$(EXTRAS)]'; } | $(SHA256)))
+ifneq ($(INSTALL_KEY),$(shell test -x $(BIN)/python && cat $(STAMP) 2>/dev/null))
+.PHONY: $(STAMP)  # inputs changed, no stamp, or no venv: (re)install
+endif
 # dvc.yaml runs `python stages/...`: make sure that is the venv's python
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
@@ -16,11 +29,11 @@ help: ## list the targets
 
 install: $(STAMP) ## create .venv and install ihcflow with pinned dependencies (offline-safe)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[pipeline,serve,dev]'
-	touch $@
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
+	echo '$(INSTALL_KEY)' > $@
 
 data: install ## get data/: local DVC cache, else `dvc pull`, else the built-in sample
 	$(BIN)/ihcflow data get

@@ -4,8 +4,11 @@ other: ports, probes, users, paths and selectors must agree."""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ihcflow.serving.predlog import log_path
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -79,7 +83,10 @@ def test_dockerfile_builds_a_slim_non_root_image_without_torch() -> None:
     builder, runtime = stages()
     assert builder[0][1].endswith("AS builder") and runtime[0][1].endswith("AS runtime")
     base = next(a for w, a in dockerfile_instructions() if w == "ARG" and "PYTHON_IMAGE" in a)
-    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", base)
+    # pinned by digest (a rebuild gets the same base), with the tag it came from
+    pinned = re.fullmatch(r"PYTHON_IMAGE=(python:3\.11-slim(?:-\w+)?)@sha256:[0-9a-f]{64}", base)
+    assert pinned, f"base image not pinned by digest: {base}"
+    assert f"# {pinned.group(1)} (" in (REPO / "Dockerfile").read_text()  # which tag, and when
     # the install the tests reproduce: the pinned lock and the serve extra only
     assert install_command() == [
         "pip", "install", "--no-cache-dir", "-c", "requirements.lock", ".[serve]"
@@ -217,7 +224,7 @@ def manifests() -> dict[str, dict[str, Any]]:
 def test_manifests_match_the_kubernetes_schemas(version: str) -> None:
     found = manifests()
     assert set(found) == {"Deployment", "Service", "HorizontalPodAutoscaler",
-                          "PersistentVolumeClaim", "PodDisruptionBudget"}  # fmt: skip
+                          "PersistentVolumeClaim", "PodDisruptionBudget", "CronJob"}  # fmt: skip
     for kind, doc in found.items():
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -274,6 +281,170 @@ def test_manifests_agree_with_each_other_and_the_image() -> None:
     assert PurePosixPath(env["IHCFLOW_TOKEN_FILE"]).parent == PurePosixPath(mounts["token"])
     assert volumes["token"]["secret"]["secretName"]
     assert mounts["tmp"] == "/tmp" and "emptyDir" in volumes["tmp"]  # uploads spool there
+
+
+def kustomization() -> dict[str, Any]:
+    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
+
+
+def test_the_autoscaler_alone_sets_the_replica_count() -> None:
+    # `replicas` beside an HPA resets the count to it on every `kubectl apply`
+    m = manifests()
+    target = m["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"]
+    assert m["Deployment"]["metadata"]["name"] == target
+    assert "replicas" not in m["Deployment"]["spec"]
+
+
+def test_the_image_is_a_registry_placeholder_set_by_kustomize() -> None:
+    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    images = {c["image"] for c in pod["containers"] + pod["initContainers"]}
+    assert images == {"REGISTRY/ihcflow-serve:VERSION"}  # the init container: the same image
+    [entry] = [i for i in kustomization()["images"] if i["name"] == "REGISTRY/ihcflow-serve"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", entry["newTag"])  # a model version, as container.yml
+
+
+def test_the_log_volume_names_a_storage_class() -> None:
+    claim = manifests()["PersistentVolumeClaim"]["spec"]
+    assert claim["storageClassName"] and claim["accessModes"] == ["ReadWriteMany"]
+
+
+def init_container() -> dict[str, Any]:
+    [init] = manifests()["Deployment"]["spec"]["template"]["spec"]["initContainers"]
+    return init
+
+
+def test_an_init_container_gives_the_pods_log_folder_to_the_server_user() -> None:
+    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    [serve], init = pod["containers"], init_container()
+    log_dirs = [
+        e["value"] for c in (init, serve) for e in c["env"] if e["name"] == "IHCFLOW_LOG_DIR"
+    ]
+    assert log_dirs[0] == log_dirs[1]  # the very folder the server writes
+    assert init["volumeMounts"] == [m for m in serve["volumeMounts"] if m["name"] == "predictions"]
+    uid = dockerfile_uid()
+    assert f'chown {uid}:{uid} "$IHCFLOW_LOG_DIR"' in init["command"][-1]
+    # root, but with only the capabilities that chown and mkdir need
+    security = init["securityContext"]
+    assert security["runAsUser"] == 0 and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE"]}
+    assert security["readOnlyRootFilesystem"] is True
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv")
+def test_the_init_containers_command_works_with_only_its_capabilities(tmp_path: Path) -> None:
+    init = init_container()
+    caps = ",".join(
+        ["-all"] + [f"+{c.lower()}" for c in init["securityContext"]["capabilities"]["add"]]
+    )
+    volume = tmp_path / "predictions"  # a network volume's root, owned by another user
+    volume.mkdir(mode=0o755)
+    os.chown(volume, 65534, 65534)
+    folder = volume / "ihcflow-serve-7c9d-x2kfp"
+    for _ in range(2):  # a pod whose sandbox is recreated runs it again on its own folder
+        proc = subprocess.run(
+            [SETPRIV, f"--bounding-set={caps}", f"--inh-caps={caps}", *init["command"]],
+            env={"PATH": os.environ["PATH"], "IHCFLOW_LOG_DIR": str(folder)},
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+    info = folder.stat()
+    assert (info.st_uid, info.st_gid) == (dockerfile_uid(), dockerfile_uid())
+    assert info.st_mode & 0o777 == 0o750
+
+
+def test_the_log_shipper_copies_every_pods_logs_and_deletes_nothing() -> None:
+    m = manifests()
+    serve_pod = m["Deployment"]["spec"]["template"]["spec"]
+    pod = m["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [shipper] = pod["containers"]
+    claim = {v["name"]: v for v in pod["volumes"]}["predictions"]["persistentVolumeClaim"]
+    assert claim == {"claimName": m["PersistentVolumeClaim"]["metadata"]["name"], "readOnly": True}
+    [mount] = [v for v in shipper["volumeMounts"] if v["name"] == "predictions"]
+    [serve_mount] = [
+        v for v in serve_pod["containers"][0]["volumeMounts"] if v["name"] == mount["name"]
+    ]
+    assert mount["mountPath"] == serve_mount["mountPath"] and mount["readOnly"] is True
+    command, source, dest, *flags = shipper["args"]
+    assert command == "copy"  # `sync` would delete the store's copy of logs cleaned up here
+    assert source == mount["mountPath"] and dest == "$(LOG_STORE)"
+    # what a pod writes (<mount>/<pod>/predictions-<day>.jsonl) passes the filter, one level only
+    [include] = [f.split("=", 1)[1] for f in flags if f.startswith("--include=")]
+    written = log_path(PurePosixPath("ihcflow-serve-7c9d-x2kfp"), dt.date(2026, 5, 4))
+    pattern = PurePosixPath(include.lstrip("/"))
+    assert include.startswith("/") and len(pattern.parts) == 2 and written.match(str(pattern))
+    # the server's user: its log folders are 0750 (init container)
+    uid = dockerfile_uid()
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, uid)
+    assert "0750" in init_container()["command"][-1]
+    assert m["CronJob"]["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_secrets_come_from_files_that_git_ignores() -> None:
+    generated = {s["name"]: s for s in kustomization()["secretGenerator"]}
+    m = manifests()
+    volumes = {v["name"]: v for v in m["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["token"]["secret"]["secretName"] in generated
+    pod = m["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [shipper] = pod["containers"]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in shipper["env"] if "valueFrom" in e}
+    refs |= {e["secretRef"]["name"] for e in shipper["envFrom"]}
+    assert refs <= set(generated)
+    files = [
+        f.split("=")[-1] for s in generated.values() for f in s.get("files", []) + s.get("envs", [])
+    ]
+    assert files == ["secrets/token", "secrets/log-store.env"]
+    for name in files:
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"deploy/k8s/{name}"], cwd=REPO)
+        assert ignored.returncode == 0, f"deploy/k8s/{name} is not ignored by git"
+    # the example of the env file is committed and has what the shipper reads from it
+    example = K8S / "secrets" / "log-store.env.example"
+    tracked = subprocess.run(["git", "check-ignore", "-q", str(example)], cwd=REPO)
+    assert tracked.returncode == 1
+    keys = {ln.split("=")[0] for ln in example.read_text().splitlines() if ln[:1].isalpha()}
+    wanted = {e["valueFrom"]["secretKeyRef"]["key"] for e in shipper["env"] if "valueFrom" in e}
+    assert wanted | {"RCLONE_CONFIG_STORE_TYPE"} <= keys
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) not installed")
+def test_kustomize_builds_valid_resources_with_generated_secrets(tmp_path: Path) -> None:
+    k8s = tmp_path / "k8s"
+    shutil.copytree(K8S, k8s)
+    # the preflight (docs/serving.md): the image, the two secret files
+    config = kustomization()
+    config["images"][0]["newName"] = "ghcr.io/acme-lab/ihcflow"
+    (k8s / "kustomization.yaml").write_text(yaml.safe_dump(config))
+    missing = subprocess.run([KUBECTL, "kustomize", str(k8s)], capture_output=True, text=True)
+    assert missing.returncode != 0 and "secrets/token" in missing.stderr  # the preflight
+    (k8s / "secrets" / "token").write_text("0123456789abcdef")
+    shutil.copy(k8s / "secrets" / "log-store.env.example", k8s / "secrets" / "log-store.env")
+    proc = subprocess.run([KUBECTL, "kustomize", str(k8s)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    built = {d["kind"] + "/" + d["metadata"]["name"]: d for d in yaml.safe_load_all(proc.stdout)}
+    for name, doc in built.items():
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{name}: {exc}")
+    secrets = sorted(n.split("/")[1] for n in built if n.startswith("Secret/"))
+    assert [re.sub(r"-[a-z0-9]{10}$", "", s) for s in secrets] == [
+        "ihcflow-log-store", "ihcflow-token"
+    ]  # fmt: skip
+    deployment = built["Deployment/ihcflow-serve"]
+    text = yaml.safe_dump(deployment) + yaml.safe_dump(built["CronJob/ihcflow-log-shipper"])
+    assert text.count(secrets[0]) == 2 and text.count(secrets[1]) == 1  # references follow
+    assert "replicas" not in deployment["spec"]
+    pod = deployment["spec"]["template"]["spec"]
+    tag = config["images"][0]["newTag"]
+    assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {
+        f"ghcr.io/acme-lab/ihcflow:{tag}"
+    }
 
 
 # --- Compose -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ihcflow.monitoring.sources import (
     parse_since,
     read_logs,
 )
+from ihcflow.serving.predlog import PredictionLog
 from tests.unit.test_drift_stats import draw
 
 T0 = dt.datetime(2026, 5, 4, 8, 0, tzinfo=dt.UTC)  # a Monday
@@ -54,6 +55,27 @@ def test_reads_day_files_in_the_server_format(tmp_path: Path) -> None:
     assert table.embeddings is not None and table.embeddings.shape == (30, 3)
     assert table.counts["model"] == "ihc-classifier 1.0.0"
     assert table.counts["bad_lines"] == table.counts["other_version_rows"] == 0
+
+
+def test_reads_one_sub_folder_per_pod_as_the_server_writes_them(tmp_path: Path) -> None:
+    # deploy/k8s: every pod logs to <volume>/<pod name>/ (IHCFLOW_LOG_DIR=...$(POD_NAME))
+    pods = {"ihcflow-serve-7c9d-x2kfp": "Er", "ihcflow-serve-7c9d-q8mzt": "Pr"}
+    for i, (pod, predicted) in enumerate(pods.items()):
+        log = PredictionLog(tmp_path / pod)  # the server's own writer
+        log.write(
+            log_record(T0 + dt.timedelta(hours=i + 4 * k), FEATURES, predicted) for k in range(12)
+        )
+        log.close()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jsonl")) == [
+        f"{pod}/predictions-2026-05-0{day}.jsonl" for pod in sorted(pods) for day in (4, 5, 6)
+    ]
+    assert is_log_source(tmp_path)
+    table = read_logs(tmp_path)
+    assert table.counts["files"] == 6 and table.counts["bad_lines"] == 0
+    assert table.frame["predicted"].value_counts().to_dict() == {"Er": 12, "Pr": 12}
+    # the top folder's own files are read beside the pods' (a single server, docker compose)
+    write_logs(tmp_path, records(3, start=T0 + dt.timedelta(days=1)))
+    assert len(read_logs(tmp_path)) == 27
 
 
 def test_bad_lines_are_left_out_counted_and_named(tmp_path: Path) -> None:
@@ -111,6 +133,9 @@ def test_missing_folder_and_empty_folder_are_clear_errors(tmp_path: Path) -> Non
         read_logs(tmp_path / "nope")
     with pytest.raises(DriftInputError, match=r"no prediction logs \(predictions-\*\.jsonl\)"):
         read_logs(tmp_path)
+    assert not is_log_source(tmp_path)
+    # logs two levels down are not the per-pod layout: not read
+    write_logs(tmp_path / "pods" / "pod-a", records(3))
     assert not is_log_source(tmp_path)
 
 

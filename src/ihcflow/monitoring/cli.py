@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--current",
         type=Path,
         default=Path("logs/predictions"),
-        help="prediction logs (folder of predictions-*.jsonl, or one .jsonl) or an image folder",
+        help="prediction logs (a folder of predictions-*.jsonl, also read in its <pod>/ "
+        "sub-folders, or one .jsonl) or an image folder",
     )
     add(
         "--model",

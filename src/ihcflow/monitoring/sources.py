@@ -4,12 +4,13 @@ Reference: the training split's rows of ``reports/data/features.csv`` (features 
 decoded images before correction); with a registered model, also its embedding and predicted
 class for every training image (``processed/images``), cached per model and image list.
 
-Current: the server's prediction logs (``<log_dir>/predictions-YYYY-MM-DD.jsonl``, one JSON
-object per predicted image: ``ts``, ``model_name``, ``model_version``, ``predicted``,
-``features``, optionally ``embedding``), or a folder of images measured the same way (and, with
-a model, prepared exactly as the server does and predicted). Unusable lines, rows with missing
-feature values, rows of another model version and unreadable images are left out and counted;
-what is left out is reported, never silently dropped.
+Current: the server's prediction logs (``<log_dir>/predictions-YYYY-MM-DD.jsonl``, or
+``<log_dir>/<pod>/predictions-YYYY-MM-DD.jsonl`` with one folder per server pod as deploy/k8s
+writes them; one JSON object per predicted image: ``ts``, ``model_name``, ``model_version``,
+``predicted``, ``features``, optionally ``embedding``), or a folder of images measured the same
+way (and, with a model, prepared exactly as the server does and predicted). Unusable lines,
+rows with missing feature values, rows of another model version and unreadable images are left
+out and counted; what is left out is reported, never silently dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
 from ihcflow.io import atomic_path, sha256_bytes, sha256_file
 
 LOG_GLOB = "predictions-*.jsonl"
+# in the log folder itself (one server), and one level down (one sub-folder per pod: deploy/k8s)
+LOG_GLOBS = (LOG_GLOB, f"*/{LOG_GLOB}")
 _LOG_DATE = re.compile(r"^predictions-(\d{4}-\d{2}-\d{2})\.jsonl$")
 LOG_REQUIRED = ("ts", "model_version", "predicted", "features")
 MAX_EXAMPLES = 10  # problems listed by name in the report; the rest are only counted
@@ -319,15 +322,17 @@ def _model_outputs(
 
 
 def log_files(path: str | Path) -> list[Path]:
-    """The log files under ``path`` (a folder of ``predictions-*.jsonl`` or one ``.jsonl``)."""
+    """The log files under ``path``: one ``.jsonl``, or the ``predictions-*.jsonl`` of a folder
+    and of its sub-folders (``<pod>/predictions-*.jsonl``, one level down)."""
     path = Path(path)
     if path.is_file():
         return [path]
-    return sorted(p for p in path.glob(LOG_GLOB) if p.is_file())
+    return sorted(p for pattern in LOG_GLOBS for p in path.glob(pattern) if p.is_file())
 
 
-def _file_day(path: Path) -> dt.date | None:
-    match = _LOG_DATE.match(path.name)
+def log_file_day(path: str | Path) -> dt.date | None:
+    """The UTC day a log file holds, from its name (``predictions-YYYY-MM-DD.jsonl``)."""
+    match = _LOG_DATE.match(Path(path).name)
     if not match:
         return None
     try:
@@ -446,12 +451,14 @@ def read_logs(
         raise DriftInputError(f"{path}: prediction log folder not found")
     files = log_files(path)
     if not files:
-        raise DriftInputError(f"{path}: no prediction logs ({LOG_GLOB}) in this folder")
+        raise DriftInputError(
+            f"{path}: no prediction logs ({LOG_GLOB}) in this folder or its sub-folders"
+        )
     counts: dict[str, Any] = {"files": len(files)}
     skipped_files = [
         p
         for p in files
-        if (day := _file_day(p)) is not None
+        if (day := log_file_day(p)) is not None
         and (
             (since is not None and day < (since - pd.Timedelta(days=1)).date())
             or (until is not None and day > (until + pd.Timedelta(days=1)).date())
@@ -671,7 +678,7 @@ def is_log_source(path: str | Path) -> bool:
     path = Path(path)
     if path.is_file():
         return path.suffix.lower() in (".jsonl", ".json")
-    return path.is_dir() and any(p.is_file() for p in path.glob(LOG_GLOB))
+    return path.is_dir() and bool(log_files(path))
 
 
 def finite(value: Any) -> float | None:
