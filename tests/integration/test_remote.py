@@ -116,6 +116,15 @@ def test_fresh_clone_pulls_data_checkpoints_and_model_then_repro_runs_nothing(
     report = [IHCFLOW, "report", "metrics"]
     assert run_cmd(report, clone).stdout == run_cmd(report, root).stdout
 
+    # `make repro` again after local changes: a checkpoint not saved in the cache is kept (DVC
+    # refuses to delete it), and the other stages' outputs are still restored
+    (clone / "models/checkpoints/mine.ckpt").write_bytes(b"not saved in the cache")
+    (clone / "models/model.onnx").unlink()
+    out = run_cmd([IHCFLOW, "data", "get"], clone).stdout
+    assert "left as they are: train (" in out and "mine.ckpt" in out
+    assert (clone / "models/checkpoints/mine.ckpt").is_file()
+    assert (clone / "models/model.onnx").read_bytes() == (root / "models/model.onnx").read_bytes()
+
     # A remote without the registered model's ONNX file: the rest is pulled, the gap is named,
     # and only `register` is left for `dvc repro`.
     lock = yaml.safe_load((root / "dvc.lock").read_text())

@@ -166,29 +166,40 @@ def regenerate_sample(
 def pull_outputs(repo: Repo, root: Path) -> str:
     """Pull what dvc.lock records for every stage of dvc.yaml (``dvc pull --allow-missing``).
 
-    Outputs the remote lacks are named; `dvc repro` recomputes them. Outputs with changes not
-    saved in the cache are left alone (DVC refuses to overwrite them), and so is everything when
-    the remote cannot be read: the message says why.
+    One fetch from the remote, then a checkout per stage, so that a stage whose outputs hold
+    changes not saved in the cache (DVC refuses to overwrite those) keeps them without holding
+    back the others. Outputs the remote lacks are named; `dvc repro` recomputes them.
     """
     pipeline = root / "dvc.yaml"
     if not (root / "dvc.lock").is_file():
         return "no dvc.lock: the pipeline has not recorded outputs yet"
     try:
-        result = repo.pull(targets=[str(pipeline)], allow_missing=True)
-    except Exception as exc:  # noqa: BLE001 - unreachable remote, unsaved changes: report
+        fetched = repo.fetch(targets=[str(pipeline)])
+    except Exception as exc:  # noqa: BLE001 - unreachable remote, bad credentials: report
         return f"not pulled ({type(exc).__name__}: {exc}); `dvc repro` recomputes what is missing"
-    stages = repo.stage.collect(str(pipeline))
+    updated: list[str] = []
+    kept: list[str] = []
+    for stage in repo.stage.collect(str(pipeline)):
+        try:
+            result = repo.checkout(targets=[f"{pipeline}:{stage.name}"], allow_missing=True)
+        except Exception as exc:  # noqa: BLE001 - unsaved changes: DVC keeps them, so do we
+            kept.append(f"{stage.name} ({' '.join(str(exc).split())})")
+            continue
+        updated += result["added"] + result["modified"]
     missing = sorted(
-        {str(out) for stage in stages for out in stage.outs if out.use_cache and not out.exists}
+        str(out)
+        for stage in repo.stage.collect(str(pipeline))
+        for out in stage.outs
+        if out.use_cache and not out.exists
     )
-    changed = [p for key in ("added", "modified") for p in result.get(key, [])]
-    fetched = result.get("stats", {}).get("fetched", 0)
     text = (
         f"pipeline outputs pulled from the DVC remote ({fetched} files fetched; updated: "
-        f"{', '.join(changed)})"
-        if changed
+        f"{', '.join(updated)})"
+        if updated
         else f"pipeline outputs match dvc.lock ({fetched} files fetched)"
     )
+    if kept:
+        text += f"; left as they are: {'; '.join(kept)}"
     if missing:
         text += f"; not on the remote: {', '.join(missing)} (`dvc repro` recomputes them)"
     return text
