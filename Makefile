@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[pipeline,serve,dev]'
 	touch $@
 
-data: install ## get data/: local DVC cache, else `dvc pull`, else the built-in sample
+data: install ## get data/ (DVC cache, remote, or the sample); with a remote, the outputs too
 	$(BIN)/ihcflow data get
 
 params: install ## compose params.yaml from conf/ (what `dvc exp run -S ...` does)
