@@ -94,15 +94,21 @@ def mark_import(dvc_file: Path, summary: ImportSummary, src: Path) -> None:
 
 def version_import(dest: Path, summary: ImportSummary, src: Path) -> Path | None:
     """``dvc add dest`` and :func:`mark_import`; None when ``dest`` is not in a DVC project."""
-    from dvc.exceptions import NotDvcRepoError
+    from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
     try:
         root = Repo.find_root(str(dest.resolve().parent))
     except NotDvcRepoError:
         return None
-    with Repo(root) as repo:
-        repo.add([str(dest.resolve())])
+    try:
+        with Repo(root) as repo:
+            repo.add([str(dest.resolve())])
+    except DvcException as exc:
+        raise RuntimeError(
+            f"{dest}: imported, but `dvc add {dest}` failed ({exc}); fix that and import again "
+            "with --replace, so that the .dvc file records the source"
+        ) from exc
     dvc_file = dest.with_name(f"{dest.name}.dvc")
     mark_import(dvc_file, summary, src)
     return dvc_file
