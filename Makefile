@@ -35,7 +35,7 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
 	echo '$(INSTALL_KEY)' > $@
 
-data: install ## get data/: local DVC cache, else `dvc pull`, else the built-in sample
+data: install ## get data/ (DVC cache, remote, or the sample); with a remote, the outputs too
 	$(BIN)/ihcflow data get
 
 params: install ## compose params.yaml from conf/ (what `dvc exp run -S ...` does)

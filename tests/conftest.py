@@ -38,6 +38,12 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.Comple
     return proc
 
 
+def fresh_clone(root: Path, dest: Path) -> Path:
+    """``git clone`` of ``root``: what someone else gets, without data/, outputs or DVC cache."""
+    run_cmd(["git", "clone", "-q", str(root), str(dest)], root.parent)
+    return dest
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Callable[..., Path]:
     """Make a git + DVC project in tmp with this repository's pipeline and conf/."""

@@ -43,15 +43,21 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from ihcflow.data import importers
+    from ihcflow.data.provenance import version_import
 
-    src = Path(args.src)
+    src, out = Path(args.src), Path(args.out)
     classes = args.classes.split(",") if args.classes else None
     if src.suffix.lower() == ".npz":
-        summary = importers.import_npz(src, Path(args.out), classes=classes, replace=args.replace)
+        summary = importers.import_npz(src, out, classes=classes, replace=args.replace)
     else:
-        summary = importers.import_folder(src, Path(args.out), replace=args.replace)
-    print(summary.describe() if hasattr(summary, "describe") else summary)
-    print(f"next: `dvc add {args.out}` and commit {args.out}.dvc to version it")
+        summary = importers.import_folder(src, out, replace=args.replace)
+    print(summary.describe())
+    dvc_file = version_import(out, summary, src)
+    if dvc_file is None:
+        print(f"{out} is not in a DVC project: not versioned (`dvc init`, then import again)")
+    else:
+        print(f"`dvc add {args.out}` done; {dvc_file.name} records the import in its meta")
+        print(f"next: `git add {dvc_file.name} && git commit` to version it")
     return 0
 
 
@@ -60,6 +66,8 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
     result = get_data(Path.cwd(), _synth_defaults(Path.cwd()), data=args.data)
     print(f"data: {result.message}")
+    if result.outputs is not None:
+        print(f"outputs: {result.outputs}")
     return 0
 
 
@@ -95,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="get, generate or import raw images into data/")
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
-    get = data_sub.add_parser("get", help="make data/ match data.dvc: checkout, pull or regenerate")
+    get = data_sub.add_parser(
+        "get",
+        help="make data/ match data.dvc (cache, remote, or the sample); with a remote, "
+        "also pull the pipeline outputs dvc.lock records",
+    )
     get.add_argument("--data", default="data")
     get.set_defaults(func=_cmd_get)
 
@@ -109,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     syn.set_defaults(func=_cmd_synth)
 
-    imp = data_sub.add_parser("import", help="import a class-folder tree or a MedMNIST .npz")
+    imp = data_sub.add_parser(
+        "import",
+        help="import a class-folder tree or a MedMNIST .npz, then `dvc add` it (data.dvc "
+        "records the source)",
+    )
     imp.add_argument("src", help="folder (layout 1 or 2) or .npz file")
     imp.add_argument("--out", default="data")
     imp.add_argument("--classes", help="comma-separated class names for an .npz")

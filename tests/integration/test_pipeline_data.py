@@ -73,44 +73,6 @@ def test_validate_reports_bad_files_and_pipeline_continues(project) -> None:
     assert (root / "data/Er/broken.png").exists()  # reported, never deleted
 
 
-def test_data_get_synthesizes_then_restores_the_same_sample(project) -> None:
-    root = project()
-    # a small sample keeps this fast; data.dvc records how it was made
-    set_param(root, "data.synth.per_class", 4)
-    set_param(root, "data.synth.size", 64)
-    out = run_cmd([IHCFLOW, "data", "get"], root).stdout
-    assert "built-in sample written" in out
-    recorded = yaml.safe_load((root / "data.dvc").read_text())
-    assert recorded["meta"]["source"] == "ihcflow data synth"
-    md5 = recorded["outs"][0]["md5"]
-
-    # data/ deleted: restored from the local DVC cache
-    run_cmd(["rm", "-rf", "data"], root)
-    assert "local DVC cache" in run_cmd([IHCFLOW, "data", "get"], root).stdout
-
-    # cache gone too (a fresh clone without a remote): regenerated, byte-identical
-    run_cmd(["rm", "-rf", "data", ".dvc/cache"], root)
-    out = run_cmd([IHCFLOW, "data", "get"], root).stdout
-    assert "matches data.dvc" in out
-    assert yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"] == md5
-
-    # a user's own edits are never overwritten
-    (root / "data/Er/extra.png").write_bytes((root / "data/Pr").iterdir().__next__().read_bytes())
-    assert "differs from data.dvc" in run_cmd([IHCFLOW, "data", "get"], root).stdout
-    assert (root / "data/Er/extra.png").exists()
-
-
-def test_data_get_refuses_to_replace_missing_user_data_with_the_sample(project) -> None:
-    root = project()
-    run_cmd([IHCFLOW, "data", "synth", "--per-class", "3", "--size", "32"], root)
-    run_cmd([DVC, "add", "-q", "data"], root)  # the user's data: no sample marker
-    run_cmd(["rm", "-rf", "data", ".dvc/cache"], root)
-    proc = run_cmd([IHCFLOW, "data", "get"], root, check=False)
-    assert proc.returncode == 2
-    assert "records your own data" in proc.stderr
-    assert not (root / "data").exists()
-
-
 def test_params_yaml_is_composed_from_conf() -> None:
     proc = run_cmd([sys.executable, "-m", "ihcflow.cli", "params", "--check"], REPO)
     assert "matches" in proc.stdout

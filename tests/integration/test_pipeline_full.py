@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -45,11 +46,12 @@ def overrides(**params: object) -> list[str]:
     return args
 
 
-def sample_project(project, **params: object) -> Path:
+def sample_project(project, synth: Sequence[str] = (), **params: object) -> Path:
     """A temporary clone of the pipeline on the built-in sample, committed; with ``params`` (and
-    the small settings) written into params.yaml, for plain `dvc repro`."""
+    the small settings) written into params.yaml, for plain `dvc repro`. ``synth``: arguments
+    of `ihcflow data synth` (a smaller sample)."""
     root = project()
-    run_cmd([IHCFLOW, "data", "synth"], root)  # the built-in sample, as `ihcflow data get`
+    run_cmd([IHCFLOW, "data", "synth", *synth], root)  # the built-in sample
     run_cmd([DVC, "add", "-q", "data"], root)
     if params:
         for key, value in {**SMALL, **GATE_OPEN, **params}.items():

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ihcflow.data.fetch import SAMPLE_SOURCE  # data.dvc meta.source of the built-in sample
+from ihcflow.data.provenance import describe, parse_dvc_file
 from ihcflow.registry import GateResult, evaluate_gate
 
 MARKER = "<!-- ihcflow-report -->"  # CI finds the comment to update by this line
@@ -329,13 +329,11 @@ def data_changes(root: Path, base_sha: str, problems: list[str]) -> DataChanges:
 
 
 def data_source(root: Path) -> str:
-    spec = yaml.safe_load(_read_text(root / DATA_DVC) or "") or {}
-    meta = (spec.get("meta") or {}) if isinstance(spec, dict) else {}
-    if meta.get("source") == SAMPLE_SOURCE:
-        return "the built-in synthetic sample (`data.dvc` meta.source)"
-    if spec:
-        return "the data recorded in `data.dvc`"
-    return "`data/` as found (no data.dvc)"
+    """Where ``data/`` came from, as ``data.dvc``'s meta records it (ihcflow.data.provenance)."""
+    text = _read_text(root / DATA_DVC)
+    if text is None:
+        return "`data/` as found (no data.dvc)"
+    return describe(parse_dvc_file(text, str(root / DATA_DVC)), DATA_DVC)
 
 
 def dvc_problems(errors: Mapping[str, Any], base_sha: str, base: str) -> list[str]:
