@@ -22,7 +22,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install data params repro test test-fast lint typecheck bench clean
+.PHONY: help install lock data params repro test test-fast lint typecheck bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F ':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,15 +35,21 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[$(EXTRAS)]'
 	echo '$(INSTALL_KEY)' > $@
 
+lock: ## rewrite requirements.lock from .venv (after a dependency change in pyproject.toml)
+	{ echo "# Every package of the Linux x86_64 CPU install, pinned (\`make lock\` writes it from .venv;"; \
+	  echo "# tests/unit/test_lock.py checks it). torch comes from PyTorch's CPU index in CI (Makefile)."; \
+	  $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check | sed -E 's/\+[A-Za-z0-9.]+$$//'; \
+	} > requirements.lock.tmp && mv requirements.lock.tmp requirements.lock
+
 data: install ## get data/ (DVC cache, remote, or the sample); with a remote, the outputs too
 	$(BIN)/ihcflow data get
 
 params: install ## compose params.yaml from conf/ (what `dvc exp run -S ...` does)
 	$(BIN)/ihcflow params
 
-repro: data ## run the pipeline (`dvc repro`) and print the metrics
+repro: data ## run the pipeline (`dvc repro`), print the metrics and how far they are from HEAD's
 	$(BIN)/dvc repro
-	$(BIN)/ihcflow report metrics
+	$(BIN)/ihcflow report metrics --against HEAD
 
 test: install ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
