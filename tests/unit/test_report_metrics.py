@@ -61,3 +61,48 @@ def test_cli_names_a_missing_or_broken_file(tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text("{broken")
     proc = _report(tmp_path, "--metrics", "m.json", check=False)
     assert proc.returncode == 2 and "m.json: not valid JSON" in proc.stderr
+
+
+def _committed_repo(root: Path, metrics: dict) -> None:
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports/metrics.json").write_text(json.dumps(metrics))
+    run_cmd(["git", "init", "-q", "-b", "main"], root)
+    run_cmd(["git", "add", "-A"], root)
+    run_cmd(["git", "commit", "-qm", "metrics"], root)
+
+
+def _tolerance(root: Path, **spread: float) -> Path:
+    path = root / "robustness.json"
+    path.write_text(json.dumps({"summary": {"tolerance": spread}}))
+    return path
+
+
+def test_against_rev_shows_the_distance_and_the_tolerance(tmp_path: Path) -> None:
+    _committed_repo(tmp_path, METRICS)
+    rerun = {**METRICS, "accuracy": 0.88, "balanced_accuracy": 0.80, "f1_macro": 0.8995}
+    (tmp_path / "reports/metrics.json").write_text(json.dumps(rerun))
+    tol = _tolerance(tmp_path, accuracy=0.04, balanced_accuracy=0.04, f1_macro=0.05)
+    out = _report(tmp_path, "--against", "HEAD", "--tolerance", str(tol)).stdout
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:2] == "  "}
+    assert rows["accuracy"] == ["0.8800", "0.9000", "-0.0200", "0.0400", "inside"]
+    assert rows["balanced_accuracy"] == ["0.8000", "0.8750", "-0.0750", "0.0400", "OUTSIDE"]
+    assert rows["f1_macro"][-1] == "identical"
+    assert rows["auroc_macro"] == ["0.9850", "0.9850", "+0.0000", "n/a", "identical"]
+    assert rows["cohen_kappa"] == ["n/a", "n/a", "n/a", "n/a", "n/a"]
+    assert "some metrics moved more than training on another CPU does" in out
+
+
+def test_against_rev_identical_after_a_pull(tmp_path: Path) -> None:
+    _committed_repo(tmp_path, METRICS)
+    out = _report(tmp_path, "--against", "HEAD").stdout
+    assert "tolerance: the spread of robustness" not in out  # no file: none measured
+    assert "identical to HEAD" in out
+
+
+def test_against_an_unknown_rev_or_path_is_named(tmp_path: Path) -> None:
+    _committed_repo(tmp_path, METRICS)
+    proc = _report(tmp_path, "--against", "no-such-branch", check=False)
+    assert proc.returncode == 2 and "'no-such-branch' is not a commit" in proc.stderr
+    (tmp_path / "other.json").write_text(json.dumps(METRICS))
+    proc = _report(tmp_path, "--metrics", "other.json", "--against", "HEAD", check=False)
+    assert proc.returncode == 2 and "other.json at HEAD: cannot read it" in proc.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ihcflow.io import write_bytes_atomic, write_text_atomic
+from ihcflow.reporting.metrics import TOLERANCE_FILE
 
 
 def _cmd_pr(args: argparse.Namespace) -> int:
@@ -39,15 +40,40 @@ def _cmd_pr(args: argparse.Namespace) -> int:
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
     from ihcflow.io import read_json
-    from ihcflow.reporting.metrics import format_metrics, registered_line
+    from ihcflow.reporting import metrics as m
 
     try:
-        print(format_metrics(read_json(args.metrics, "metrics (run `dvc repro`)")))
-        print(registered_line(args.model))
+        here = read_json(args.metrics, "metrics (run `dvc repro`)")
+        print(m.format_metrics(here))
+        print(m.registered_line(args.model))
+        if args.against:
+            print(_against(args, here))
     except (FileNotFoundError, ValueError) as exc:
         print(f"ihcflow report metrics: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _against(args: argparse.Namespace, here: dict[str, Any]) -> str:
+    """The headline metrics against the ones committed at ``args.against``."""
+    import json
+
+    from ihcflow.reporting import metrics as m
+    from ihcflow.reporting.pr import read_at, resolve_rev
+
+    root = Path.cwd()
+    commit = resolve_rev(root, args.against)
+    text, why = read_at(root, args.metrics.as_posix(), commit)
+    if text is None:
+        raise ValueError(f"{args.metrics} at {args.against}: cannot read it ({why})")
+    try:
+        committed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.metrics} at {args.against}: not valid JSON: {exc}") from None
+    tolerance = m.read_tolerance(args.tolerance) if args.tolerance.is_file() else {}
+    source = str(args.tolerance) if tolerance else f"{args.tolerance}: absent, none measured"
+    rows = m.compare_metrics(here, committed, tolerance)
+    return m.format_comparison(rows, f"{args.against} ({commit[:7]})", source)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -82,4 +108,16 @@ def add_parser(subparsers: Any) -> None:
     )
     metrics.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
     metrics.add_argument("--model", type=Path, default=Path("models/model.json"))
+    metrics.add_argument(
+        "--against",
+        metavar="REV",
+        help="also compare the headline metrics with those committed at REV (e.g. HEAD): the "
+        "difference, and whether it is inside the spread training on another CPU gives",
+    )
+    metrics.add_argument(
+        "--tolerance",
+        type=Path,
+        default=TOLERANCE_FILE,
+        help="the robustness benchmark's results (its spreads are the tolerances)",
+    )
     metrics.set_defaults(func=_cmd_metrics)

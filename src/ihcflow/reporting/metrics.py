@@ -7,6 +7,7 @@ ends with), so that an up-to-date pipeline, where no stage runs, still shows whe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,86 @@ def registered_line(model_json: Path) -> str:
         f"registered model: {info.get('name')} {info.get('version')} "
         f"(balanced_accuracy {_cell(metric, 4)}, created {info.get('created')})"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# How far a rerun is from the committed result
+
+# benchmarks/robustness.py measures how much training on another CPU moves each metric (the
+# spread over seeds and kernel sets) and writes it here; a rerun within it is as close as
+# retraining elsewhere gets. Exact reproduction comes from `dvc pull`, not from retraining.
+TOLERANCE_FILE = Path("benchmarks/results/robustness.json")
+
+
+@dataclass(frozen=True)
+class MetricDiff:
+    metric: str
+    here: float | None
+    committed: float | None
+    tolerance: float | None
+
+    @property
+    def diff(self) -> float | None:
+        if self.here is None or self.committed is None:
+            return None
+        return self.here - self.committed
+
+    @property
+    def verdict(self) -> str:
+        if self.diff is None:
+            return "n/a"
+        if self.diff == 0:
+            return "identical"
+        if self.tolerance is None:
+            return "no tolerance measured"
+        return "inside" if abs(self.diff) <= self.tolerance + 1e-12 else "OUTSIDE"
+
+
+def read_tolerance(path: Path) -> dict[str, float]:
+    """Per-metric tolerance (``summary.tolerance``) from the robustness benchmark's JSON."""
+    tolerance = (read_json(path, "robustness benchmark results").get("summary") or {}).get(
+        "tolerance"
+    )
+    if not isinstance(tolerance, dict):
+        raise ValueError(f"{path}: no summary.tolerance (write it with benchmarks/robustness.py)")
+    return {str(k): float(v) for k, v in tolerance.items()}
+
+
+def compare_metrics(
+    here: Mapping[str, Any], committed: Mapping[str, Any], tolerance: Mapping[str, float]
+) -> list[MetricDiff]:
+    def number(metrics: Mapping[str, Any], key: str) -> float | None:
+        value = metrics.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    return [
+        MetricDiff(key, number(here, key), number(committed, key), tolerance.get(key))
+        for key in HEADLINE
+    ]
+
+
+def format_comparison(rows: list[MetricDiff], against: str, tolerance_source: str) -> str:
+    lines = [
+        f"against {against} (tolerance: the spread of {tolerance_source})",
+        f"  {'metric':<18} {'here':>8} {'committed':>10} {'diff':>8} {'tolerance':>10}",
+    ]
+    for row in rows:
+        diff = "n/a" if row.diff is None else f"{row.diff:+.4f}"
+        lines.append(
+            f"  {row.metric:<18} {_cell(row.here, 4):>8} {_cell(row.committed, 4):>10} "
+            f"{diff:>8} {_cell(row.tolerance, 4):>10}  {row.verdict}"
+        )
+    verdicts = {row.verdict for row in rows} - {"n/a"}
+    if verdicts <= {"identical"}:
+        lines.append(f"identical to {against}: the same result (pulled or retrained on this CPU)")
+    elif "OUTSIDE" in verdicts:
+        lines.append(
+            "some metrics moved more than training on another CPU does: the data, the params "
+            "or the code differ from the committed run"
+        )
+    else:
+        lines.append(
+            "not identical, but as close as retraining on another CPU gets (`dvc pull` gives the "
+            "committed model exactly)"
+        )
+    return "\n".join(lines)
