@@ -36,6 +36,8 @@ GATE_OPEN = {
     )
 }
 SMALL = {"preprocess.size": 32, "train.early_stopping.patience": None, "gate.verify_images": 4}
+# 300 images (the default is 500): the wiring, not the model, is under test; 50 of them test
+SMALL_SAMPLE = ("--per-class", "60", "--patients", "12")
 
 
 def overrides(**params: object) -> list[str]:
@@ -46,7 +48,7 @@ def overrides(**params: object) -> list[str]:
     return args
 
 
-def sample_project(project, synth: Sequence[str] = (), **params: object) -> Path:
+def sample_project(project, synth: Sequence[str] = SMALL_SAMPLE, **params: object) -> Path:
     """A temporary clone of the pipeline on the built-in sample, committed; with ``params`` (and
     the small settings) written into params.yaml, for plain `dvc repro`. ``synth``: arguments
     of `ihcflow data synth` (a smaller sample)."""

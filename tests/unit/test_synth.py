@@ -158,5 +158,5 @@ def test_default_sample(tmp_path: Path) -> None:
     paths = generate(tmp_path / "data")
     elapsed = time.perf_counter() - start
     print(f"generate() with default args: {len(paths)} images in {elapsed:.1f} s")
-    assert len(paths) == 300
+    assert len(paths) == 500
     assert discover(tmp_path / "data").classes == tuple(sorted(DEFAULT_CLASSES))

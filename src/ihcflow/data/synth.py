@@ -6,14 +6,15 @@ Johnston (``skimage.color.rgb_from_hed``), so stain separation (``rgb2hed``) rec
 
 Classes differ the way real IHC stains do:
 
-- ``Er``: nuclear DAB in most nuclei, strong and even.
-- ``Pr``: nuclear DAB in many nuclei, weaker and heterogeneous intensity.
+- ``Er``: nuclear DAB in most nuclei (75-95 %), strong and even.
+- ``Pr``: nuclear DAB in about half the nuclei (35-65 %), weaker and heterogeneous intensity.
 - ``Ki-67``: nuclear DAB in a low-to-moderate fraction, concentrated in proliferating clusters.
 - ``Her2neu``: DAB on cell membranes (rings), nuclei stay blue.
 - ``Histology``: H&E: blue nuclei, pink cytoplasm and stroma, no DAB.
 
-Positive fraction and intensity overlap between Er, Pr and Ki-67, so the texture matters, not
-just the amount of brown. Every image belongs to a patient (``P###`` in the file name; the same
+Ki-67's positive fraction overlaps Pr's low end, so the texture (clusters) matters, not just the
+amount of brown; Er and Pr are apart in fraction and intensity, though exposure and stain-strength
+nuisances blur the amount of brown per image. Every image belongs to a patient (``P###`` in the file name; the same
 ids across classes, like one patient with slides of several stains). Patients differ in stain
 strength, colour cast, cell size and density, and in expression level per stain, so images of one
 patient resemble each other and a group-aware split matters. Per image nuisances: stain strength,
@@ -57,8 +58,10 @@ class _Recipe:
 
 
 _RECIPES = {
-    "er": _Recipe("nuclear", (0.55, 0.95), (0.9, 1.6), 0.15),
-    "pr": _Recipe("nuclear", (0.30, 0.85), (0.45, 1.2), 0.55),
+    # Er and Pr overlapped (0.55-0.95 vs 0.30-0.85 positive): with the small demo set, Pr test
+    # recall swung between 0.1 and 1.0 with the training seed
+    "er": _Recipe("nuclear", (0.75, 0.95), (1.1, 1.6), 0.15),
+    "pr": _Recipe("nuclear", (0.35, 0.65), (0.55, 0.95), 0.6),
     "ki67": _Recipe("nuclear", (0.06, 0.35), (0.8, 1.5), 0.25, clusters=True),
     "her2neu": _Recipe("membrane", (0.5, 1.0), (0.45, 1.3), 0.3),
     "histology": _Recipe("he", (0.0, 0.0), (0.0, 0.0), 0.0),
@@ -256,7 +259,7 @@ def _nuisance(rng: np.random.Generator, rgb: np.ndarray, scale: float) -> np.nda
 
 
 def render_image(
-    class_name: str, index: int, *, patients: int = 12, size: int = 256, seed: int = 0
+    class_name: str, index: int, *, patients: int = 20, size: int = 256, seed: int = 0
 ) -> np.ndarray:
     """One synthetic patch as (size, size, 3) uint8 RGB: image ``index`` of ``class_name``."""
     recipe = _recipe(class_name)
@@ -301,8 +304,8 @@ def generate(
     out_dir: str | Path,
     *,
     classes: Sequence[str] = DEFAULT_CLASSES,
-    per_class: int = 60,
-    patients: int = 12,
+    per_class: int = 100,
+    patients: int = 20,
     size: int = 256,
     seed: int = 0,
     overwrite: bool = False,
