@@ -38,7 +38,7 @@ import pandas as pd
 import psutil
 
 from ihcflow.data.synth import DEFAULT_CLASSES, render_image
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
+from ihcflow.images.features import FEATURE_COLUMNS, image_features
 from ihcflow.monitoring.drift import DriftParams, compare, compare_windows
 from ihcflow.monitoring.report import DriftRun, write_report
 from ihcflow.monitoring.simulate import iso_z, scale_brightness, scale_stain

@@ -56,7 +56,7 @@ def build_model(model: str, size: int, out: Path) -> Any:
     import torch
     from omegaconf import OmegaConf
 
-    from ihcflow.io import sha256_file, write_json_atomic
+    from ihcflow.files import sha256_file, write_json_atomic
     from ihcflow.training.module import CKPT_KEY, Normalize
     from ihcflow.training.predictor import InferenceNet, Predictor
 

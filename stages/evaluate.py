@@ -17,7 +17,7 @@ import pandas as pd
 
 from ihcflow import plots
 from ihcflow.evaluation import Predictor, evaluate_split, roc_points
-from ihcflow.io import load_params, write_csv_atomic, write_json_atomic
+from ihcflow.files import load_params, write_csv_atomic, write_json_atomic
 from ihcflow.reporting.metrics import format_metrics
 
 

@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ihcflow.io import load_params, write_csv_atomic, write_json_atomic
-from ihcflow.preprocess import preprocess_dataset, tune_malloc
+from ihcflow.files import load_params, write_csv_atomic, write_json_atomic
+from ihcflow.images.prepare import tune_malloc
+from ihcflow.preprocess import preprocess_dataset
 
 MANIFEST_DTYPES = {"path": str, "class": str, "given_split": str, "sha256": str}
 

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ihcflow.io import load_params, read_json
+from ihcflow.files import load_params, read_json
 from ihcflow.registry import ExportablePredictor, register, summary_line
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from ihcflow.io import load_params, write_csv_atomic, write_json_atomic
+from ihcflow.files import load_params, write_csv_atomic, write_json_atomic
 from ihcflow.split import SplitError, assign_groups, read_split_inputs, split_dataset
 
 

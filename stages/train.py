@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
-from ihcflow.io import load_params
+from ihcflow.files import load_params
 from ihcflow.training.datamodule import DataError
 from ihcflow.training.fit import TrainConfigError, fit
 

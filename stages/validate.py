@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ihcflow.data.layout import DatasetError
-from ihcflow.io import load_params, write_csv_atomic, write_json_atomic
+from ihcflow.files import load_params, write_csv_atomic, write_json_atomic
 from ihcflow.validation import ValidationFailed, ValidationResult, summarize, validate_dataset
 
 PARAM_KEYS = ("policy", "max_pixels", "max_bytes", "min_per_class")

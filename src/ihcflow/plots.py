@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ihcflow.evaluation import load_images
-from ihcflow.io import write_bytes_atomic
+from ihcflow.files import write_bytes_atomic
 
 DPI = 110
 

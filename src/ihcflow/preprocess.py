@@ -1,7 +1,7 @@
 """Preprocess a whole data set: parallel, incremental (content-addressed cache), streaming.
 
-For every image of the manifest: decode, compute the drift features on the raw pixels, run
-:func:`ihcflow.imaging.ops.preprocess_image`, write ``<sha256>.png``.
+For every image of the manifest: :func:`ihcflow.images.prepare.prepare_image` (decode, drift
+features on the raw pixels, the preprocessing operations), write ``<sha256>.png``.
 
 The cache lives in ``<cache_dir>/<key>/``, ``key`` a hash of the params that affect the pixels
 (:func:`cache_key`), so a re-run after adding 1% new images only processes that 1%:
@@ -21,7 +21,6 @@ an entry is deterministic, so concurrent runs can at worst compute an entry twic
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import multiprocessing
@@ -36,25 +35,19 @@ from pathlib import Path
 from typing import IO, Any
 
 import cv2
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ihcflow.imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb8
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
-from ihcflow.imaging.ops import check_rgb, preprocess_image
-from ihcflow.io import atomic_dir, atomic_path, params_hash, sha256_bytes
+from ihcflow.files import atomic_dir, atomic_path, params_hash, sha256_bytes
+from ihcflow.images.codec import ImageError, encode_png, png_params
+from ihcflow.images.features import FEATURE_COLUMNS
+from ihcflow.images.prepare import check_params, prepare_image, tune_malloc
 
 # Bump when an operation's output changes for the same params, so old cache entries miss.
 CACHE_VERSION = 1
-# Output PNG encoding: zlib level 1, SUB filter, Huffman-only coding. 2-3x faster to write than
-# libpng's default adaptive filters at about the same size on stained images (measured with
-# benchmarks/preprocess.py); the bytes are deterministic, so processed_sha256 is reproducible.
-PNG_PARAMS = (
-    cv2.IMWRITE_PNG_COMPRESSION, 1,
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-)  # fmt: skip
+# Output PNG encoding: zlib level 1, fast filters (ihcflow.images.codec.png_params); the bytes are
+# deterministic, so processed_sha256 is reproducible.
+PNG_PARAMS = png_params(1, fast=True)
 NON_PIXEL_PARAMS = ("workers", "cache_dir")  # how the work runs, not what it produces
 MANIFEST_COLUMNS = ("path", "class", "given_split", "sha256")
 OUTPUT_COLUMNS = [
@@ -72,7 +65,6 @@ _CHUNK_MAX = 32  # images per task sent to a worker
 # Starting worker processes costs about as much as preprocessing ~100 images on one core, so
 # small batches (an incremental run with a few new images) run in this process instead.
 _MIN_PARALLEL = 64
-_MALLOC_KEEP = 32 << 20  # workers reuse freed buffers up to this size (see tune_malloc)
 
 
 class PreprocessError(RuntimeError):
@@ -101,45 +93,6 @@ def cache_key(cfg: Mapping[str, Any]) -> str:
     )
 
 
-def check_params(cfg: Mapping[str, Any]) -> None:
-    """Fail early, naming the problem, if ``preprocess_image`` cannot run with ``cfg``."""
-    try:
-        preprocess_image(np.full((64, 64, 3), 128, np.uint8), cfg)
-    except KeyError as exc:
-        raise ValueError(f"preprocess params: missing key {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"preprocess params: {exc}") from None
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 RGB image with :data:`PNG_PARAMS`."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(check_rgb(rgb), cv2.COLOR_RGB2BGR), PNG_PARAMS)
-    if not ok:
-        raise ValueError(f"PNG encoding failed for an image of shape {rgb.shape}")
-    return buf.tobytes()
-
-
-def prepare_image(
-    data: bytes,
-    source: str,
-    params: Mapping[str, Any],
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    strict: bool = False,
-) -> tuple[np.ndarray, dict[str, float], dict[str, bool]]:
-    """Raw file bytes -> (model-ready RGB image, drift features, what was applied).
-
-    The one path from a file to the model's input, shared by this stage and the server: decode,
-    measure :data:`FEATURE_COLUMNS` on the decoded image (before any correction), then
-    :func:`preprocess_image`. ``strict`` also rejects damaged pixel data (the server has no
-    validate stage before it).
-    """
-    rgb, _ = decode_rgb8(data, source, max_pixels=max_pixels, strict=strict)
-    features = image_features(rgb)
-    out, applied = preprocess_image(rgb, params)
-    return out, features, applied
-
-
 def process_file(source: str | Path, sha256: str, params: Mapping[str, Any]) -> tuple[bytes, dict]:
     """Decode one raw file and return its PNG bytes and record (features, flags, hash)."""
     data = Path(source).read_bytes()
@@ -150,7 +103,7 @@ def process_file(source: str | Path, sha256: str, params: Mapping[str, Any]) -> 
             f"manifest says {sha256[:12]}...); re-run the validate stage"
         )
     out, features, applied = prepare_image(data, str(source), params)
-    png = encode_png(out)
+    png = encode_png(out, 1, fast=True)
     record = {
         "features": features,
         "corrected": int(applied["corrected"]),
@@ -191,25 +144,6 @@ def _run_task(task: _Task, params: Mapping[str, Any]) -> dict:
     if task.cache is not None:
         _publish(task.out, task.cache)
     return record
-
-
-def tune_malloc(max_reused: int = _MALLOC_KEEP) -> bool:
-    """Let glibc keep freed buffers up to ``max_reused`` bytes instead of unmapping them.
-
-    By default each buffer over ~128 KiB (every decoded image and every intermediate array)
-    is mmapped on allocation and unmapped on free, so every image pays page faults for all its
-    arrays again; on a VM that doubled the cost of both decoding and the operations (see
-    benchmarks/preprocess.py). For a process that handles one image after another.
-    Returns whether it applied (glibc only).
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, max_reused)) and bool(
-        mallopt(m_trim_threshold, 2 * max_reused)
-    )
 
 
 _WORKER_PARAMS: dict[str, Any] = {}

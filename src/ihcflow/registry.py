@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ihcflow.io import read_json, sha256_file
+from ihcflow.files import read_json, sha256_file
 
 ONNX_NAME = "model.onnx"
 JSON_NAME = "model.json"

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from ihcflow.io import read_csv_table
+from ihcflow.files import read_csv_table
 
 SPLITS = ("train", "val", "test")
 IMAGE_TEMPLATE = "processed/images/{}.png"

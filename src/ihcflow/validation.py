@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 
 from ihcflow.data.layout import DatasetError, Entry, Layout, discover
-from ihcflow.imageio import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, decode_rgb8
-from ihcflow.io import sha256_bytes
+from ihcflow.files import sha256_bytes
+from ihcflow.images.codec import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, decode_rgb8
 
 POLICIES = ("skip", "fail")
 REASONS = ("empty", "not_an_image", "corrupt", "unsupported_mode", "too_large", "duplicate")

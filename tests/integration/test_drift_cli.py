@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from ihcflow import cli as ihcflow_cli
-from ihcflow.imageio import encode_png, read_rgb8
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
+from ihcflow.images.codec import encode_png, read_rgb8
+from ihcflow.images.features import FEATURE_COLUMNS, image_features
 from ihcflow.monitoring.cli import main
 from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain, write_logs
 from ihcflow.monitoring.sources import load_model

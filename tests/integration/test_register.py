@@ -18,7 +18,7 @@ import torch
 
 from ihcflow import registry
 from ihcflow.evaluation import load_images
-from ihcflow.imageio import read_rgb8
+from ihcflow.images.codec import read_rgb8
 from ihcflow.registry import GateFailed, install_set, onnx_input, recover_interrupted_swap
 from tests.conftest import REPO, run_cmd
 from tests.unit.test_metrics import CLASSES, SIZE, write_dataset

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ihcflow.imageio import encode_png
+from ihcflow.images.codec import encode_png
 from ihcflow.reporting.pr import MARKER
 from tests.conftest import run_cmd
 

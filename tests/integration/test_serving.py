@@ -26,8 +26,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from ihcflow.imaging.features import FEATURE_COLUMNS
-from ihcflow.io import write_csv_atomic
+from ihcflow.files import write_csv_atomic
+from ihcflow.images.features import FEATURE_COLUMNS
 from ihcflow.serving.predlog import read_log
 from tests.conftest import REPO
 from tests.integration.test_register import (

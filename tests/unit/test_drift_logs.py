@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from ihcflow.data.synth import render_image
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
+from ihcflow.images.features import FEATURE_COLUMNS, image_features
 from ihcflow.monitoring.drift import DriftParams, compare_windows, window_bounds
 from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain, write_logs
 from ihcflow.monitoring.sources import (

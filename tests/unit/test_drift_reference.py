@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from ihcflow.data.synth import render_image
-from ihcflow.imageio import encode_png
-from ihcflow.imaging.features import FEATURE_COLUMNS
+from ihcflow.images.codec import encode_png
+from ihcflow.images.features import FEATURE_COLUMNS
 from ihcflow.monitoring.sources import (
     DriftInputError,
     Model,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ihcflow.data.synth import DEFAULT_CLASSES, render_image
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
+from ihcflow.images.features import FEATURE_COLUMNS, image_features
 from ihcflow.monitoring.drift import (
     DriftParams,
     column_methods,

@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
 from ihcflow.evaluation import compute_metrics, evaluate_split, roc_points
-from ihcflow.imageio import encode_png
+from ihcflow.images.codec import encode_png
 
 CLASSES = ["DAB", "Hematoxylin", "Mixed"]
 

@@ -10,17 +10,17 @@ import pytest
 from omegaconf import OmegaConf
 from skimage.color import hed2rgb, rgb_from_hed
 
-from ihcflow.imaging.features import stain_concentrations
-from ihcflow.imaging.ops import (
+from ihcflow.images.features import stain_concentrations
+from ihcflow.images.ops import (
     auto_correct,
     check_rgb,
     denoise,
     estimate_stains_macenko,
     macenko_normalize,
-    preprocess_image,
     reinhard_normalize,
     resize,
 )
+from ihcflow.images.prepare import preprocess_image
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "preprocess" / "default.yaml"
 

@@ -13,8 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import ihcflow.preprocess as pp
-from ihcflow.imageio import read_rgb8
-from ihcflow.io import sha256_file
+from ihcflow.files import sha256_file
+from ihcflow.images.codec import read_rgb8
 from ihcflow.preprocess import OUTPUT_COLUMNS, PreprocessError, cache_key, preprocess_dataset
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from ihcflow.io import sha256_file
+from ihcflow.files import sha256_file
 from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
 from ihcflow.serving.predlog import PredictionLog, iso_z, read_log
 from ihcflow.serving.settings import available_cpus, parse_size

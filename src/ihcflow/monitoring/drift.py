@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ihcflow.imaging.features import FEATURE_COLUMNS
+from ihcflow.images.features import FEATURE_COLUMNS
 from ihcflow.monitoring.sources import DriftInputError, Table, finite
 
 PREDICTED = "predicted"

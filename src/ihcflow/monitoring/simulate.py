@@ -3,7 +3,7 @@ and for the benchmark.
 
 - :func:`scale_brightness`: a darker or brighter scanner (exposure);
 - :func:`scale_stain`: a stronger or weaker stain batch, applied in stain space by colour
-  deconvolution (Ruifrok-Johnston H-E-DAB, the vectors :mod:`ihcflow.imaging.features` uses),
+  deconvolution (Ruifrok-Johnston H-E-DAB, the vectors :mod:`ihcflow.images.features` uses),
   so only that stain's optical density changes;
 - :func:`log_record` / :func:`write_logs`: prediction log lines in the server's format
   (``<log_dir>/predictions-YYYY-MM-DD.jsonl``, one JSON object per line, UTC day files).
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ihcflow.imaging.features import HED_FROM_RGB, RGB_FROM_HED
-from ihcflow.imaging.ops import check_rgb
+from ihcflow.images.features import HED_FROM_RGB, RGB_FROM_HED
+from ihcflow.images.ops import check_rgb
 
 STAINS = {"hematoxylin": 0, "eosin": 1, "dab": 2}
 

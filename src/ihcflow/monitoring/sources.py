@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ihcflow.imageio import IMAGE_SUFFIXES, ImageError, decode_rgb8, read_rgb8
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
-from ihcflow.io import atomic_path, sha256_bytes, sha256_file
+from ihcflow.files import atomic_path, sha256_bytes, sha256_file
+from ihcflow.images.codec import IMAGE_SUFFIXES, ImageError, decode_rgb8, read_rgb8
+from ihcflow.images.features import FEATURE_COLUMNS, image_features
 
 LOG_GLOB = "predictions-*.jsonl"
 # in the log folder itself (one server), and one level down (one sub-folder per pod: deploy/k8s)
@@ -598,7 +598,7 @@ def image_files(folder: str | Path) -> tuple[list[Path], int]:
 
 
 def _decoded(files: Sequence[Path], model: Model | None) -> Iterator[tuple[Path, Any]]:
-    from ihcflow.preprocess import prepare_image
+    from ihcflow.images.prepare import prepare_image
 
     for path in files:
         try:
@@ -621,7 +621,7 @@ def read_image_folder(
     uploads. Unreadable images are left out and listed."""
     folder = Path(folder)
     if model is not None:
-        from ihcflow.preprocess import check_params
+        from ihcflow.images.prepare import check_params
 
         try:
             check_params(model.preprocess)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ihcflow.io import write_bytes_atomic, write_text_atomic
+from ihcflow.files import write_bytes_atomic, write_text_atomic
 from ihcflow.reporting.metrics import TOLERANCE_FILE
 
 
@@ -39,7 +39,7 @@ def _cmd_pr(args: argparse.Namespace) -> int:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    from ihcflow.io import read_json
+    from ihcflow.files import read_json
     from ihcflow.reporting import metrics as m
 
     try:

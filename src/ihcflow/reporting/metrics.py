@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ihcflow.io import read_json
+from ihcflow.files import read_json
 
 HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
 PER_CLASS = ("precision", "recall", "f1", "support")

@@ -106,7 +106,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ihcflow.preprocess import tune_malloc
+    from ihcflow.images.prepare import tune_malloc
     from ihcflow.serving.app import create_app
     from ihcflow.serving.model import ServedModel
     from ihcflow.serving.observability import configure_logging

@@ -1,6 +1,6 @@
 """The registered model as the server uses it: ``model.json`` + ``model.onnx`` on ONNX Runtime.
 
-Inputs are prepared by :func:`ihcflow.preprocess.prepare_image` with the ``preprocess``
+Inputs are prepared by :func:`ihcflow.images.prepare.prepare_image` with the ``preprocess``
 params recorded in ``model.json`` (the preprocess stage's own code path), then fed to the
 graph as :func:`ihcflow.registry.onnx_input` does for the registration check. No torch.
 """
@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ihcflow.imageio import ImageError, probe
-from ihcflow.imaging.ops import PREPROCESS_KEYS
-from ihcflow.io import sha256_file
-from ihcflow.preprocess import check_params, prepare_image
+from ihcflow.files import sha256_file
+from ihcflow.images.codec import ImageError, probe
+from ihcflow.images.prepare import PREPROCESS_KEYS, check_params, prepare_image
 from ihcflow.registry import INPUT_NAME, JSON_NAME, ONNX_NAME, OUTPUT_NAMES, onnx_input
 
 SERVED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # the formats the pipeline trains on

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ihcflow.imageio import ImageError
+from ihcflow.images.codec import ImageError
 from ihcflow.serving.errors import ApiError
 from ihcflow.serving.model import Prepared, ServedModel
 from ihcflow.serving.observability import ServingMetrics

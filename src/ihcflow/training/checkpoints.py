@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ihcflow.io import params_hash, sha256_file, write_bytes_atomic
+from ihcflow.files import params_hash, sha256_file, write_bytes_atomic
 from ihcflow.training.module import CKPT_KEY
 
 BEST = "best.ckpt"

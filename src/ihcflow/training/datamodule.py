@@ -19,8 +19,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ihcflow.imageio import ImageError, read_rgb8
-from ihcflow.io import read_csv_table
+from ihcflow.files import read_csv_table
+from ihcflow.images.codec import ImageError, read_rgb8
 from ihcflow.training.augment import Augment
 
 SPLIT_COLUMNS = ("path", "sha256", "class", "split", "group", "image")

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
-from ihcflow.io import write_json_atomic
+from ihcflow.files import write_json_atomic
 from ihcflow.training import checkpoints as ckpts
 from ihcflow.training.baselines import fit_baseline
 from ihcflow.training.datamodule import ImageDataModule

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ihcflow.imageio import encode_png
-from ihcflow.io import sha256_bytes, write_bytes_atomic, write_csv_atomic
+from ihcflow.files import sha256_bytes, write_bytes_atomic, write_csv_atomic
+from ihcflow.images.codec import encode_png
 
 
 def _class_style(k: int, n_classes: int) -> tuple[np.ndarray, float, float]:
