@@ -26,15 +26,19 @@ import pandas as pd
 import yaml
 
 from ihcflow.files import read_json, sha256_file
+from ihcflow.model_format import (
+    CARD_NAME,
+    INPUT_NAME,
+    JSON_NAME,
+    ONNX_NAME,
+    REGISTERED,
+    OnnxModel,
+    input_spec,
+    output_spec,
+)
 
-ONNX_NAME = "model.onnx"
-JSON_NAME = "model.json"
-CARD_NAME = "MODEL_CARD.md"
-REGISTERED = (ONNX_NAME, JSON_NAME, CARD_NAME)
 BACKUP_DIR = ".previous"
 FIRST_VERSION = "1.0.0"
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("probs", "embedding")
 _THRESHOLD_KEY = re.compile(r"^(min|max)_(class_)?(.+)$")
 
 
@@ -229,26 +233,11 @@ def read_registered(models_dir: str | Path) -> dict[str, Any] | None:
 # ONNX
 
 
-def onnx_input(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB -> the ONNX input: float32 (N, 3, H, W) in [0, 1]."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
-
-
 def verify_onnx(
     onnx_path: str | Path, images: np.ndarray, expected: np.ndarray, tolerance: float
 ) -> dict[str, Any]:
     """Run the exported model with onnxruntime and compare its ``probs`` with ``expected``."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    if inputs != [INPUT_NAME]:
-        raise ValueError(f"{onnx_path}: inputs {inputs}, expected [{INPUT_NAME!r}]")
-    missing = [name for name in OUTPUT_NAMES if name not in outputs]
-    if missing:
-        raise ValueError(f"{onnx_path}: missing output(s) {missing} (has {outputs})")
-    probs, embedding = session.run(list(OUTPUT_NAMES), {INPUT_NAME: onnx_input(images)})
+    probs, embedding = OnnxModel(onnx_path).predict(images)
     if probs.shape != expected.shape:
         raise ValueError(f"{onnx_path}: probs shape {probs.shape}, expected {expected.shape}")
     diff = float(np.max(np.abs(probs.astype(np.float64) - expected)))
@@ -258,18 +247,8 @@ def verify_onnx(
             f"> tolerance {tolerance:.0e} on {len(images)} test images"
         )
     return {
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["N", 3, images.shape[1], images.shape[2]],
-            "dtype": "float32",
-            "layout": "NCHW",
-            "channels": "RGB",
-            "range": [0.0, 1.0],
-        },
-        "outputs": {
-            "probs": ["N", int(probs.shape[1])],
-            "embedding": ["N", int(embedding.shape[1])],
-        },
+        "input": input_spec(images.shape[1]),
+        "outputs": output_spec(probs.shape[1], embedding.shape[1]),
         "max_abs_diff": diff,
         "verified_on": len(images),
     }

@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ihcflow import registry
+from ihcflow import model_format
 from ihcflow.evaluation import load_images
+from ihcflow.files import sha256_file
 from ihcflow.images.codec import read_rgb8
-from ihcflow.registry import GateFailed, install_set, onnx_input, recover_interrupted_swap
+from ihcflow.model_format import model_input
+from ihcflow.registry import GateFailed, install_set, recover_interrupted_swap
 from tests.conftest import REPO, run_cmd
 from tests.unit.test_metrics import CLASSES, SIZE, write_dataset
 
@@ -75,10 +77,10 @@ class TinyPredictor:
 
     @torch.no_grad()
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        return self.net(torch.from_numpy(onnx_input(images)))[0].numpy()
+        return self.net(torch.from_numpy(model_input(images)))[0].numpy()
 
     def export_onnx(self, path: str | Path) -> None:
-        example = torch.from_numpy(onnx_input(np.zeros((2, SIZE, SIZE, 3), np.uint8)))
+        example = torch.from_numpy(model_input(np.zeros((2, SIZE, SIZE, 3), np.uint8)))
         torch.onnx.export(
             self.net,
             (example,),
@@ -107,7 +109,7 @@ class SharperExportPredictor(TinyPredictor):
 def train_tiny(root: Path, seed: int = 0) -> MeanColourNet:
     split = pd.read_csv(root / "processed/split.csv")
     train = split[split["split"] == "train"]
-    x = torch.from_numpy(onnx_input(load_images(train["image"].tolist(), root, SIZE)))
+    x = torch.from_numpy(model_input(load_images(train["image"].tolist(), root, SIZE)))
     y = torch.tensor(train["class"].map(CLASSES.index).to_numpy())
     torch.manual_seed(seed)
     net = MeanColourNet(len(CLASSES))
@@ -229,8 +231,8 @@ def test_register_passes_and_writes_the_deployable_set(evaluated: dict[str, Any]
     assert saved["preprocess"] == {"size": SIZE}
     assert saved["input"]["name"] == "image" and saved["input"]["shape"] == ["N", 3, SIZE, SIZE]
     assert saved["outputs"] == {"probs": ["N", 3], "embedding": ["N", 3]}
-    assert saved["onnx"]["sha256"] == registry.sha256_file(models / "model.onnx")
-    assert saved["checkpoint"]["sha256"] == registry.sha256_file(evaluated["ckpt"])
+    assert saved["onnx"]["sha256"] == sha256_file(models / "model.onnx")
+    assert saved["checkpoint"]["sha256"] == sha256_file(evaluated["ckpt"])
     assert saved["git_revision"]  # "unknown" outside a git work tree
     assert saved["data"]["source"] == "processed/split.csv (sha256)"
     assert saved["data"]["counts"]["test"] == dict.fromkeys(CLASSES, 6)
@@ -240,7 +242,7 @@ def test_register_passes_and_writes_the_deployable_set(evaluated: dict[str, Any]
     split = pd.read_csv(root / "processed/split.csv")
     images = load_images(split["image"].tolist(), root, SIZE)
     session = ort.InferenceSession(str(models / "model.onnx"), providers=["CPUExecutionProvider"])
-    probs, embedding = session.run(["probs", "embedding"], {"image": onnx_input(images)})
+    probs, embedding = session.run(["probs", "embedding"], {"image": model_input(images)})
     np.testing.assert_allclose(probs, evaluated["predictor"].predict_proba(images), atol=1e-5)
     assert embedding.shape == (len(images), 3)
 
@@ -310,7 +312,7 @@ def test_version_follows_the_checkpoint(evaluated: dict[str, Any]) -> None:
 
 def _stage_set(folder: Path, tag: str) -> Path:
     folder.mkdir(parents=True)
-    for name in registry.REGISTERED:
+    for name in model_format.REGISTERED:
         (folder / name).write_text(f"{tag} {name}")
     return folder
 
@@ -324,7 +326,7 @@ def test_swap_interrupted_midway_rolls_back_to_the_previous_set(
     real_replace = os.replace
 
     def crash_on_json(src: Any, dst: Any) -> None:
-        if Path(dst).name == registry.JSON_NAME and Path(src).parent.name == "b":
+        if Path(dst).name == model_format.JSON_NAME and Path(src).parent.name == "b":
             raise OSError("disk full")
         real_replace(src, dst)
 
@@ -332,14 +334,14 @@ def test_swap_interrupted_midway_rolls_back_to_the_previous_set(
     with pytest.raises(OSError, match="disk full"):
         install_set(_stage_set(tmp_path / "b", "new"), models)  # model.onnx already swapped
     assert snapshot(models) == before
-    assert sorted(p.name for p in models.iterdir()) == sorted(registry.REGISTERED)
+    assert sorted(p.name for p in models.iterdir()) == sorted(model_format.REGISTERED)
 
 
 def test_swap_killed_midway_is_rolled_back_on_the_next_run(tmp_path: Path) -> None:
     models = _stage_set(tmp_path / "models", "new")  # a mix: new onnx and json ...
     backup = _stage_set(models / ".previous", "old")
-    (backup / registry.CARD_NAME).unlink()  # ... and the old set had no model card
-    (models / registry.JSON_NAME).write_text("new model.json")
+    (backup / model_format.CARD_NAME).unlink()  # ... and the old set had no model card
+    (models / model_format.JSON_NAME).write_text("new model.json")
     assert recover_interrupted_swap(models)
     assert {p.name: p.read_text() for p in models.iterdir()} == {
         "model.onnx": "old model.onnx",

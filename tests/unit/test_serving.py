@@ -373,13 +373,13 @@ def test_log_images_keeps_the_uploaded_bytes(tmp_path: Path) -> None:
 
 
 def test_unexpected_error_is_a_json_500_without_traceback(tmp_path: Path) -> None:
-    from ihcflow.serving.model import read_model_info
+    from ihcflow.serving.model import read_servable
 
     def broken(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # a model that emits NaN
         return np.full((len(x), 3), np.nan, np.float32), np.zeros((len(x), 3), np.float32)
 
     folder = write_model(tmp_path / "m")
-    model = ServedModel(read_model_info(folder), broken)
+    model = ServedModel(read_servable(folder), broken)
     settings = Settings(model_dir=folder, log_dir=tmp_path / "logs")
     with serve(create_app(settings, model=model)) as client:
         response = client.post("/predict", files=[("files", ("a.png", png((1, 2, 3))))])

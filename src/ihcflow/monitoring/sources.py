@@ -31,6 +31,7 @@ import pandas as pd
 from ihcflow.files import atomic_path, sha256_bytes, sha256_file
 from ihcflow.images.codec import IMAGE_SUFFIXES, ImageError, decode_rgb8, read_rgb8
 from ihcflow.images.features import FEATURE_COLUMNS, image_features
+from ihcflow.model_format import OnnxModel, model_files, read_model_info
 
 LOG_GLOB = "predictions-*.jsonl"
 # in the log folder itself (one server), and one level down (one sub-folder per pod: deploy/k8s)
@@ -89,28 +90,14 @@ class Model:
     input_size: int
     preprocess: dict[str, Any]
     sha256: str
-    _session: Any = None
+    _onnx: OnnxModel | None = None
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, 3) uint8 RGB -> (probs (N, K), embedding (N, D)), in batches."""
-        from ihcflow.registry import INPUT_NAME, OUTPUT_NAMES, onnx_input
-
-        if self._session is None:
-            import onnxruntime as ort
-
-            self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-            outputs = [o.name for o in self._session.get_outputs()]
-            missing = [n for n in OUTPUT_NAMES if n not in outputs]
-            if missing:
-                raise DriftInputError(f"{self.path}: missing output(s) {missing} (has {outputs})")
-        probs, embs = [], []
-        for start in range(0, len(images), BATCH):
-            p, e = self._session.run(
-                list(OUTPUT_NAMES), {INPUT_NAME: onnx_input(images[start : start + BATCH])}
-            )
-            probs.append(p)
-            embs.append(e)
-        return np.concatenate(probs), np.concatenate(embs).astype(np.float32)
+        if self._onnx is None:
+            self._onnx = OnnxModel(self.path)
+        probs, embedding = self._onnx.predict(images, batch=BATCH)
+        return probs, embedding.astype(np.float32)
 
     def predicted(self, probs: np.ndarray) -> list[str]:
         return [self.class_names[i] for i in np.argmax(probs, axis=1)]
@@ -118,34 +105,16 @@ class Model:
 
 def load_model(path: str | Path) -> Model:
     """``model.onnx`` (or the folder holding it) and the ``model.json`` written beside it."""
-    path = Path(path)
-    onnx_path = path / "model.onnx" if path.is_dir() else path
-    meta_path = onnx_path.with_name("model.json")
-    if not onnx_path.is_file():
-        raise DriftInputError(f"{onnx_path}: model file not found (run the register stage)")
-    if not meta_path.is_file():
-        raise DriftInputError(f"{meta_path}: not found beside {onnx_path.name}")
-    try:
-        info = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DriftInputError(f"{meta_path}: cannot read model.json: {exc}") from None
-    missing = [k for k in ("name", "version", "class_names", "input_size") if k not in info]
-    if missing:
-        raise DriftInputError(f"{meta_path}: lacks {missing}: not written by the register stage?")
-    digest = sha256_file(onnx_path)
-    expected = (info.get("onnx") or {}).get("sha256")
-    if expected and expected != digest:
-        raise DriftInputError(
-            f"{onnx_path}: sha256 {digest[:12]}... does not match model.json ({expected[:12]}...)"
-        )
+    onnx_path, _ = model_files(path)
+    info = read_model_info(path)
     return Model(
         onnx_path,
         str(info["name"]),
         str(info["version"]),
         [str(c) for c in info["class_names"]],
         int(info["input_size"]),
-        dict(info.get("preprocess") or {}),
-        digest,
+        dict(info["preprocess"]),
+        sha256_file(onnx_path),
     )
 
 
@@ -627,7 +596,7 @@ def read_image_folder(
             check_params(model.preprocess)
         except ValueError as exc:
             raise DriftInputError(
-                f"{model.path.with_name('model.json')}: new images cannot be prepared like the "
+                f"{model_files(model.path)[1]}: new images cannot be prepared like the "
                 f"training images: {exc}"
             ) from None
     files, others = image_files(folder)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ihcflow.files import read_csv_table
 from ihcflow.images.codec import ImageError, read_rgb8
 from ihcflow.training.augment import Augment
+from ihcflow.training.module import scale_pixels
 
 SPLIT_COLUMNS = ("path", "sha256", "class", "split", "group", "image")
 SPLITS = ("train", "val", "test")
@@ -263,7 +264,7 @@ class ImageDataModule(pl.LightningDataModule):
         count = 0
         for start in range(0, len(data), 1024):
             x, _ = data.__getitems__(range(start, min(start + 1024, len(data))))
-            x = x.to(torch.float64) / 255.0
+            x = scale_pixels(x, torch.float64)
             total += x.sum(dim=(0, 2, 3))
             total_sq += (x * x).sum(dim=(0, 2, 3))
             count += x.shape[0] * x.shape[2] * x.shape[3]
@@ -321,7 +322,7 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batch -> float [0, 1], augmented when ``train`` (seeded by seed, epoch, rank)."""
         x, y = batch
-        x = x.to(torch.float32) / 255.0
+        x = scale_pixels(x)
         if train and self.augment:
             key = (epoch, rank)
             if self._gen is None or key != self._gen_key:

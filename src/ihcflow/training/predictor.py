@@ -1,9 +1,8 @@
 """Rebuild a trained model from its checkpoint alone, predict, embed, and export to ONNX.
 
 Input convention for ``predict_proba``/``embed``: uint8 (N, S, S, 3) RGB, preprocessed like
-the training data (``S = input_size``). ONNX: input ``image`` float32 (N, 3, S, S) RGB in
-[0, 1] (dynamic N); outputs ``probs`` (N, K) and ``embedding`` (N, D). Normalisation is
-inside the graph.
+the training data (``S = input_size``). The ONNX export has the registered model's inputs and
+outputs (:mod:`ihcflow.model_format`, dynamic N); normalisation is inside the graph.
 """
 
 from __future__ import annotations
@@ -21,12 +20,11 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from ihcflow.model_format import INPUT_NAME, OUTPUT_NAMES
 from ihcflow.training.checkpoints import load_checkpoint, model_digest
-from ihcflow.training.module import CKPT_KEY, Normalize
+from ihcflow.training.module import CKPT_KEY, Normalize, scale_pixels
 from ihcflow.training.networks import ImageFeatures
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("probs", "embedding")
 BATCH = 256
 
 
@@ -129,7 +127,7 @@ class Predictor:
                 "(preprocess them like the training data)"
             )
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        return x.to(torch.float32) / 255.0
+        return scale_pixels(x)
 
     @torch.inference_mode()
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
