@@ -5,7 +5,7 @@
 
 Builds the pipeline's network (``conf/model/<model>.yaml``, the train stage's checkpoint
 layout, weights as initialised: latency does not depend on their values) for ``size`` px,
-exports it with the pipeline's own ``Predictor.export_onnx`` and writes a model folder the
+exports it with the pipeline's own ``CheckpointPredictor.export_onnx`` and writes a model folder the
 server loads. Everything runs on ``--cpus`` cores (affinity of this process and the servers).
 It prints, for single ``size`` px images:
 
@@ -52,13 +52,13 @@ CLASSES = ["Er", "Her2neu", "Pr", "Ki-67", "Histology"]
 
 # ---------------------------------------------------------------- the model
 def build_model(model: str, size: int, out: Path) -> Any:
-    """A trained-layout checkpoint of conf/model/<model>.yaml -> Predictor + model folder."""
+    """A trained-layout checkpoint of conf/model/<model>.yaml -> its predictor + model folder."""
     import torch
     from omegaconf import OmegaConf
 
     from ihcflow.files import sha256_file, write_json_atomic
     from ihcflow.training.module import CKPT_KEY, Normalize
-    from ihcflow.training.predictor import InferenceNet, Predictor
+    from ihcflow.training.predictor import CheckpointPredictor, InferenceNet
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / f"conf/model/{model}.yaml"), resolve=True)
     assert isinstance(cfg, dict)
@@ -84,7 +84,7 @@ def build_model(model: str, size: int, out: Path) -> Any:
         },
         "state_dict": module.state_dict(),
     }
-    predictor = Predictor(ckpt, f"benchmark {model}")
+    predictor = CheckpointPredictor(ckpt, f"benchmark {model}")
     out.mkdir(parents=True, exist_ok=True)
     predictor.export_onnx(out / "model.onnx")
     info = {

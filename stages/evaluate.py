@@ -16,9 +16,10 @@ from typing import Any
 import pandas as pd
 
 from ihcflow import plots
-from ihcflow.evaluation import Predictor, evaluate_split, roc_points
+from ihcflow.evaluation import Predictor, evaluate_split, probs_from_predictions, roc_points
 from ihcflow.files import load_params, write_csv_atomic, write_json_atomic
 from ihcflow.reporting.metrics import format_metrics
+from ihcflow.tables import METRICS, PREDICTIONS, SPLIT, write_table
 
 
 @dataclass
@@ -42,7 +43,7 @@ def run(
     class_names = list(predictor.class_names)
     index = {name: i for i, name in enumerate(class_names)}
     y_true = predictions["class"].map(index).to_numpy()
-    probs = predictions[[f"prob_{c}" for c in class_names]].to_numpy()
+    probs = probs_from_predictions(predictions, class_names)
     return Evaluation(metrics, predictions, roc_points(y_true, probs, class_names), class_names)
 
 
@@ -58,7 +59,7 @@ def write_outputs(
 ) -> int:
     """Write every output; returns how many misclassified images the grid shows."""
     write_json_atomic(metrics_path, result.metrics)
-    write_csv_atomic(predictions_path, result.predictions)
+    write_table(predictions_path, result.predictions, PREDICTIONS)
     confusion = result.predictions[["class", "predicted"]].rename(columns={"class": "actual"})
     write_csv_atomic(plots_dir / "confusion.csv", confusion)
     write_csv_atomic(plots_dir / "roc.csv", result.roc)
@@ -85,12 +86,12 @@ def _print_summary(metrics: Mapping[str, Any], shown: int) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("models/checkpoints/best.ckpt"))
-    parser.add_argument("--split", type=Path, default=Path("processed/split.csv"))
+    parser.add_argument("--split", type=Path, default=Path(SPLIT.path))
     parser.add_argument(
         "--root", type=Path, default=Path(), help="split.csv paths are relative to it"
     )
-    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
-    parser.add_argument("--predictions", type=Path, default=Path("reports/predictions.csv"))
+    parser.add_argument("--metrics", type=Path, default=Path(METRICS))
+    parser.add_argument("--predictions", type=Path, default=Path(PREDICTIONS.path))
     parser.add_argument("--plots", type=Path, default=Path("reports/plots"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)

@@ -15,11 +15,10 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ihcflow.files import load_params, write_csv_atomic, write_json_atomic
+from ihcflow.files import load_params, write_json_atomic
 from ihcflow.images.prepare import tune_malloc
-from ihcflow.preprocess import preprocess_dataset
-
-MANIFEST_DTYPES = {"path": str, "class": str, "given_split": str, "sha256": str}
+from ihcflow.preprocess import MANIFEST_COLUMNS, PreprocessError, preprocess_dataset
+from ihcflow.tables import FEATURES, IMAGES_DIR, MANIFEST, read_table, write_table
 
 
 def run(
@@ -31,9 +30,7 @@ def run(
     workers: int | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Preprocess the images of ``manifest_path`` into ``out_dir``; return features and report."""
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: manifest not found (run the validate stage)")
-    manifest = pd.read_csv(manifest_path, dtype=MANIFEST_DTYPES, keep_default_na=False)
+    manifest = read_table(manifest_path, MANIFEST, columns=MANIFEST_COLUMNS, error=PreprocessError)
     cache_dir = params.get("cache_dir")
     features, stats = preprocess_dataset(
         manifest,
@@ -52,9 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--manifest", type=Path, default=Path("processed/manifest.csv"))
-    parser.add_argument("--out", type=Path, default=Path("processed/images"))
-    parser.add_argument("--features", type=Path, default=Path("reports/data/features.csv"))
+    parser.add_argument("--manifest", type=Path, default=Path(MANIFEST.path))
+    parser.add_argument("--out", type=Path, default=Path(IMAGES_DIR))
+    parser.add_argument("--features", type=Path, default=Path(FEATURES.path))
     parser.add_argument("--report", type=Path, default=Path("reports/data/preprocess.json"))
     parser.add_argument("--workers", type=int, default=None, help="override preprocess.workers")
     args = parser.parse_args(argv)
@@ -62,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     tune_malloc()  # this process may preprocess a few images itself (incremental runs)
     params = load_params(args.params).preprocess
     features, report = run(params, args.data, args.manifest, args.out, workers=args.workers)
-    write_csv_atomic(args.features, features)
+    write_table(args.features, features, FEATURES)
     write_json_atomic(args.report, report)
     print(
         f"preprocess: {report['n']} images, {report['n_cached']} cached, "

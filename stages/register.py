@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from omegaconf import OmegaConf
 
 from ihcflow.files import load_params, read_json
 from ihcflow.registry import ExportablePredictor, register, summary_line
+from ihcflow.tables import METRICS, PREDICTIONS, SPLIT, read_table
 
 
 def run(
@@ -35,9 +35,7 @@ def run(
 ) -> dict[str, Any]:
     """Gate and register; returns model.json. Raises ``GateFailed`` (SystemExit) on fail."""
     metrics = read_json(metrics_path, "metrics (run the evaluate stage)")
-    if not predictions_path.is_file():
-        raise FileNotFoundError(f"{predictions_path}: predictions not found (run evaluate)")
-    predictions = pd.read_csv(predictions_path, keep_default_na=False)
+    predictions = read_table(predictions_path, PREDICTIONS, error=ValueError)
     summary = None
     if train_summary_path is not None and train_summary_path.is_file():
         summary = read_json(train_summary_path, "training summary")
@@ -60,9 +58,9 @@ def run(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("models/checkpoints/best.ckpt"))
-    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
-    parser.add_argument("--predictions", type=Path, default=Path("reports/predictions.csv"))
-    parser.add_argument("--split", type=Path, default=Path("processed/split.csv"))
+    parser.add_argument("--metrics", type=Path, default=Path(METRICS))
+    parser.add_argument("--predictions", type=Path, default=Path(PREDICTIONS.path))
+    parser.add_argument("--split", type=Path, default=Path(SPLIT.path))
     parser.add_argument(
         "--root", type=Path, default=Path(), help="split.csv paths are relative to it"
     )

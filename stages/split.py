@@ -13,12 +13,19 @@ from typing import Any
 
 import pandas as pd
 
-from ihcflow.files import load_params, write_csv_atomic, write_json_atomic
+from ihcflow.files import load_params, write_json_atomic
 from ihcflow.split import SplitError, assign_groups, read_split_inputs, split_dataset
+from ihcflow.tables import FEATURES, IMAGES_DIR, MANIFEST, SPLIT, write_table
 
 
 def run(
-    params: Mapping[str, Any], *, seed: int, manifest: Path, features: Path, data_dir: Path
+    params: Mapping[str, Any],
+    *,
+    seed: int,
+    manifest: Path,
+    features: Path,
+    data_dir: Path,
+    images: Path = Path(IMAGES_DIR),
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Return the rows of ``processed/split.csv`` and the ``split.json`` report."""
     frame = read_split_inputs(manifest, features)
@@ -26,7 +33,7 @@ def run(
     groups_csv = data_dir / groups_file if groups_file else None
     groups = assign_groups(frame, groups_csv=groups_csv, pattern=params.get("group_pattern"))
     table, report = split_dataset(
-        frame, groups, val=params["val"], test=params["test"], seed=int(seed)
+        frame, groups, val=params["val"], test=params["test"], seed=int(seed), images_dir=images
     )
     report["groups"]["file"] = str(groups_csv) if groups.source == "file" else None
     report["groups"]["pattern"] = (
@@ -45,10 +52,13 @@ def _print_counts(report: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manifest", type=Path, default=Path("processed/manifest.csv"))
-    parser.add_argument("--features", type=Path, default=Path("reports/data/features.csv"))
+    parser.add_argument("--manifest", type=Path, default=Path(MANIFEST.path))
+    parser.add_argument("--features", type=Path, default=Path(FEATURES.path))
     parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--out", type=Path, default=Path("processed/split.csv"))
+    parser.add_argument(
+        "--images", type=Path, default=Path(IMAGES_DIR), help="the preprocess stage's --out"
+    )
+    parser.add_argument("--out", type=Path, default=Path(SPLIT.path))
     parser.add_argument("--report", type=Path, default=Path("reports/data/split.json"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
@@ -60,13 +70,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             manifest=args.manifest,
             features=args.features,
             data_dir=args.data,
+            images=args.images,
         )
     except SplitError as exc:
         # No split from a failed run: a stale one must not feed training.
         args.out.unlink(missing_ok=True)
         args.report.unlink(missing_ok=True)
         raise SystemExit(f"split: {exc}") from None
-    write_csv_atomic(args.out, table)
+    write_table(args.out, table, SPLIT)
     write_json_atomic(args.report, report)
     _print_counts(report)
     print(f"split: wrote {args.out} and {args.report}")

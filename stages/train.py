@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
 from ihcflow.files import load_params
+from ihcflow.tables import SPLIT
 from ihcflow.training.datamodule import DataError
 from ihcflow.training.fit import TrainConfigError, fit
 
@@ -55,7 +56,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", type=Path, default=Path("processed/split.csv"))
+    parser.add_argument("--split", type=Path, default=Path(SPLIT.path))
     parser.add_argument(
         "--root", type=Path, default=Path(), help="split.csv image paths are relative to it"
     )

@@ -14,7 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ihcflow.data.layout import DatasetError
-from ihcflow.files import load_params, write_csv_atomic, write_json_atomic
+from ihcflow.files import load_params, write_json_atomic
+from ihcflow.tables import MANIFEST, write_table
 from ihcflow.validation import ValidationFailed, ValidationResult, summarize, validate_dataset
 
 PARAM_KEYS = ("policy", "max_pixels", "max_bytes", "min_per_class")
@@ -42,7 +43,7 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data", help="raw data folder")
-    parser.add_argument("--manifest", default="processed/manifest.csv")
+    parser.add_argument("--manifest", default=MANIFEST.path)
     parser.add_argument("--report", default="reports/data/validation.json")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument(
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             ) from None
         Path(args.report).unlink(missing_ok=True)
         raise SystemExit(f"validate: {exc}") from None
-    write_csv_atomic(args.manifest, result.manifest)
+    write_table(args.manifest, result.manifest, MANIFEST)
     write_json_atomic(args.report, result.report)
     print(f"validate: {summarize(result.report)}")
     print(f"validate: wrote {args.manifest} and {args.report}")

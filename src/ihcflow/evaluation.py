@@ -1,8 +1,8 @@
 """Test-split evaluation: metrics, ROC points and per-image predictions for any predictor.
 
 Model-agnostic: a predictor is anything with ``class_names`` (label order), ``input_size``
-and ``predict_proba(images uint8 (N, H, W, 3) RGB) -> (N, K) probabilities`` (see
-``ihcflow.training.predictor``). Metrics are computed with torchmetrics.
+and ``predict_proba(images uint8 (N, H, W, 3) RGB) -> (N, K) probabilities`` (:class:`Predictor`).
+Metrics are computed with torchmetrics.
 
 Macro averages (balanced accuracy, F1, AUROC) run over the classes present in the evaluated
 split: a class with no test image has no recall and no ROC curve, and counting it as 0 would
@@ -29,13 +29,17 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from ihcflow.training.datamodule import load_image, read_split_table
+from ihcflow.dataset import load_images, read_split, split_rows
+from ihcflow.tables import PREDICTIONS, prob_column
 
-SPLIT_COLUMNS = ("path", "class", "split", "image")
 PROB_TOLERANCE = 1e-3  # rows of `probs` must sum to 1 within this (softmax in float32)
 
 
 class Predictor(Protocol):
+    """What evaluation (and registration) needs of a model: ``predict_proba`` takes uint8
+    (N, S, S, 3) RGB images, S = ``input_size``, and returns (N, K) probabilities in
+    ``class_names`` order. :class:`ihcflow.training.predictor.CheckpointPredictor` is one."""
+
     class_names: list[str]
     input_size: int
 
@@ -139,25 +143,6 @@ def roc_points(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
     return pd.concat(frames, ignore_index=True)
 
 
-def read_split(split_csv: str | Path, split: str = "test") -> pd.DataFrame:
-    """Rows of ``split`` from ``processed/split.csv``, checked for the columns evaluation needs."""
-    frame = read_split_table(split_csv, SPLIT_COLUMNS)
-    rows = frame[frame["split"] == split].reset_index(drop=True)
-    if rows.empty:
-        found = sorted(set(frame["split"]))
-        raise ValueError(f"{split_csv}: no rows with split={split!r} (splits present: {found})")
-    return rows
-
-
-def load_images(image_paths: Sequence[str], root: str | Path, size: int) -> np.ndarray:
-    """Read preprocessed images (paths relative to ``root``) into (N, size, size, 3) uint8."""
-    root = Path(root)
-    batch = np.empty((len(image_paths), size, size, 3), dtype=np.uint8)
-    for i, rel in enumerate(image_paths):
-        batch[i] = load_image(root / rel, size)
-    return batch
-
-
 def label_indices(classes: Sequence[str], class_names: Sequence[str], source: str) -> np.ndarray:
     index = {name: i for i, name in enumerate(class_names)}
     unknown = sorted(set(classes) - set(index))
@@ -176,7 +161,8 @@ def predict_images(
     out = np.empty((len(image_paths), k), dtype=np.float64)
     for start in range(0, len(image_paths), batch_size):
         chunk = image_paths[start : start + batch_size]
-        probs = np.asarray(predictor.predict_proba(load_images(chunk, root, predictor.input_size)))
+        images = load_images(chunk, root, predictor.input_size)
+        probs = np.asarray(predictor.predict_proba(images))
         if probs.shape != (len(chunk), k):
             raise ValueError(
                 f"predict_proba returned shape {probs.shape}, expected ({len(chunk)}, {k})"
@@ -195,10 +181,11 @@ def predictions_frame(
             "image": rows["image"].to_numpy(),
             "class": rows["class"].to_numpy(),
             "predicted": np.asarray(class_names, dtype=object)[probs.argmax(axis=1)],
-        }
+        },
+        columns=list(PREDICTIONS.columns),
     )
     for i, name in enumerate(class_names):
-        frame[f"prob_{name}"] = probs[:, i]
+        frame[prob_column(name)] = probs[:, i]
     return frame
 
 
@@ -211,7 +198,7 @@ def evaluate_split(
     batch_size: int = 64,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Predict every image of ``split`` and score it: (metrics, per-image predictions)."""
-    rows = read_split(split_csv, split)
+    rows = split_rows(read_split(split_csv), split, split_csv)
     class_names = list(predictor.class_names)
     y = label_indices(rows["class"].tolist(), class_names, str(split_csv))
     probs = predict_images(predictor, rows["image"].tolist(), root, batch_size)
@@ -219,7 +206,7 @@ def evaluate_split(
 
 
 def probs_from_predictions(frame: pd.DataFrame, class_names: Sequence[str]) -> np.ndarray:
-    cols = [f"prob_{name}" for name in class_names]
+    cols = [prob_column(name) for name in class_names]
     missing = [c for c in cols if c not in frame.columns]
     if missing:
         raise ValueError(

@@ -42,6 +42,7 @@ from ihcflow.files import atomic_dir, atomic_path, params_hash, sha256_bytes
 from ihcflow.images.codec import ImageError, encode_png, png_params
 from ihcflow.images.features import FEATURE_COLUMNS
 from ihcflow.images.prepare import check_params, prepare_image, tune_malloc
+from ihcflow.tables import FEATURE_FLAGS, FEATURES, MANIFEST, image_file
 
 # Bump when an operation's output changes for the same params, so old cache entries miss.
 CACHE_VERSION = 1
@@ -49,17 +50,8 @@ CACHE_VERSION = 1
 # deterministic, so processed_sha256 is reproducible.
 PNG_PARAMS = png_params(1, fast=True)
 NON_PIXEL_PARAMS = ("workers", "cache_dir")  # how the work runs, not what it produces
-MANIFEST_COLUMNS = ("path", "class", "given_split", "sha256")
-OUTPUT_COLUMNS = [
-    "path",
-    "class",
-    "given_split",
-    "sha256",
-    "processed_sha256",
-    *FEATURE_COLUMNS,
-    "corrected",
-    "stain_normalized",
-]
+MANIFEST_COLUMNS = MANIFEST.columns[:4]  # what this stage reads: path, class, given_split, sha256
+OUTPUT_COLUMNS = [*FEATURES.columns, *FEATURE_COLUMNS, *FEATURE_FLAGS]
 RECORDS_NAME = "records.json"
 _CHUNK_MAX = 32  # images per task sent to a worker
 # Starting worker processes costs about as much as preprocessing ~100 images on one core, so
@@ -286,7 +278,7 @@ def preprocess_dataset(
             if sha in records or sha in misses:
                 continue
             # plain strings, not Path objects: this loop runs once per image
-            out = f"{tmp_out}/{sha}.png"
+            out = image_file(tmp_out, sha)
             cached = f"{entries}/{sha[:2]}/{sha}.png" if entries is not None else None
             if cached is not None and _is_cached(cached, known.get(sha)):
                 records[sha] = known[sha]

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ihcflow.dataset import load_images
+from ihcflow.evaluation import Predictor, probs_from_predictions
 from ihcflow.files import read_json, sha256_file
 from ihcflow.model_format import (
     CARD_NAME,
@@ -36,18 +38,18 @@ from ihcflow.model_format import (
     input_spec,
     output_spec,
 )
+from ihcflow.tables import HEADLINE_METRICS, SPLIT, SPLITS, read_table
 
 BACKUP_DIR = ".previous"
 FIRST_VERSION = "1.0.0"
 _THRESHOLD_KEY = re.compile(r"^(min|max)_(class_)?(.+)$")
 
 
-class ExportablePredictor(Protocol):
-    class_names: list[str]
-    input_size: int
-    config: dict[str, Any]
+class ExportablePredictor(Predictor, Protocol):
+    """A :class:`~ihcflow.evaluation.Predictor` that also exports itself to the registered
+    format and carries the config it was trained with."""
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray: ...
+    config: dict[str, Any]
 
     def export_onnx(self, path: str | Path) -> None: ...
 
@@ -195,7 +197,7 @@ def data_hash(root: str | Path = ".") -> dict[str, str]:
 
 def split_counts(split_csv: str | Path) -> dict[str, dict[str, int]]:
     """Images per split and class: ``{split: {class: n}}``."""
-    frame = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    frame = read_table(split_csv, SPLIT, columns=("split", "class"))
     counts = frame.groupby(["split", "class"]).size()
     out: dict[str, dict[str, int]] = {}
     for (split, cls), n in counts.items():
@@ -319,9 +321,7 @@ def model_card(info: Mapping[str, Any], gate: GateResult, train_summary: Mapping
     m = info["metrics"]
     classes = info["class_names"]
     counts = info["data"]["counts"]
-    splits = [s for s in ("train", "val", "test") if s in counts] + sorted(
-        s for s in counts if s not in ("train", "val", "test")
-    )
+    splits = [s for s in SPLITS if s in counts] + sorted(s for s in counts if s not in SPLITS)
     lines = [
         f"# Model card: {info['name']} {info['version']}",
         "",
@@ -370,10 +370,7 @@ def model_card(info: Mapping[str, Any], gate: GateResult, train_summary: Mapping
         "| metric | value |",
         "|---|---:|",
     ]
-    lines += [
-        f"| {k} | {_fmt(m.get(k))} |"
-        for k in ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
-    ]
+    lines += [f"| {k} | {_fmt(m.get(k))} |" for k in HEADLINE_METRICS]
     lines += [
         "",
         "| class | precision | recall | f1 | auroc | support |",
@@ -434,8 +431,6 @@ def check_predictions_match(
     source: str,
 ) -> None:
     """Fail if the evaluated predictions were not made by this checkpoint (stale metrics)."""
-    from ihcflow.evaluation import probs_from_predictions
-
     recorded = probs_from_predictions(predictions, predictor.class_names)
     diff = float(np.max(np.abs(recorded - probs)))
     if not diff <= tolerance:
@@ -469,8 +464,6 @@ def register(
     Raises :class:`GateFailed` (a ``SystemExit``) when a threshold does not hold; any error
     before the final swap leaves ``models_dir`` as it was.
     """
-    from ihcflow.evaluation import load_images
-
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     if recover_interrupted_swap(models_dir):

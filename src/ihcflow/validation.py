@@ -25,23 +25,10 @@ import pandas as pd
 from ihcflow.data.layout import DatasetError, Entry, Layout, discover
 from ihcflow.files import sha256_bytes
 from ihcflow.images.codec import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, decode_rgb8
+from ihcflow.tables import MANIFEST
 
 POLICIES = ("skip", "fail")
 REASONS = ("empty", "not_an_image", "corrupt", "unsupported_mode", "too_large", "duplicate")
-MANIFEST_COLUMNS = [
-    "path",
-    "class",
-    "given_split",
-    "sha256",
-    "width",
-    "height",
-    "channels",
-    "bit_depth",
-    "mode",
-    "format",
-    "bytes",
-    "notes",
-]
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 # Below both of these, starting worker processes (~1 s: each imports OpenCV, PIL, pandas)
 # costs more than it saves: a 20 KB JPEG takes ~1.5 ms to hash and decode twice.
@@ -52,7 +39,7 @@ MAX_CHUNK = 64  # files per task sent to a worker: big enough to amortise the ro
 
 @dataclass
 class ValidationResult:
-    manifest: pd.DataFrame  # one row per accepted image, MANIFEST_COLUMNS, sorted by path
+    manifest: pd.DataFrame  # one row per accepted image, MANIFEST.columns, sorted by path
     report: dict[str, Any]  # the content of reports/data/validation.json
 
 
@@ -219,7 +206,7 @@ def _manifest(accepted: list[FileCheck], entries: dict[str, Entry]) -> pd.DataFr
                 "notes": "; ".join(check.notes),
             }
         )
-    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    frame = pd.DataFrame(rows, columns=list(MANIFEST.columns))
     return frame.sort_values("path", kind="stable").reset_index(drop=True)
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ihcflow import model_format
-from ihcflow.evaluation import load_images
+from ihcflow.dataset import load_images
 from ihcflow.files import sha256_file
 from ihcflow.images.codec import read_rgb8
 from ihcflow.model_format import model_input
@@ -63,7 +63,7 @@ class MeanColourNet(torch.nn.Module):
 
 
 class TinyPredictor:
-    """The Predictor API of ihcflow.training.predictor around a real trained torch module."""
+    """ihcflow.registry.ExportablePredictor around a real trained torch module."""
 
     def __init__(self, net: MeanColourNet) -> None:
         self.net = net.eval()

@@ -16,8 +16,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from ihcflow.dataset import load_image
 from ihcflow.training import checkpoints as ckpts
-from ihcflow.training.datamodule import DataError, load_image
+from ihcflow.training.datamodule import DataError
 from ihcflow.training.fit import TrainConfigError
 from ihcflow.training.module import CKPT_KEY
 from ihcflow.training.predictor import load_predictor

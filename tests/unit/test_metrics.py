@@ -178,7 +178,7 @@ def write_dataset(
 
 
 def test_evaluate_split_scores_a_real_model(tmp_path: Path) -> None:
-    from ihcflow.evaluation import load_images
+    from ihcflow.dataset import load_images
 
     frame = write_dataset(tmp_path, per_class=18, noise=25.0)
     train = frame[frame["split"] == "train"]

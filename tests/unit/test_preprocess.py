@@ -279,5 +279,5 @@ def test_stage_writes_the_documented_outputs(tmp_path, data, cfg, capsys) -> Non
 
 
 def test_stage_without_manifest_says_what_to_run(tmp_path, cfg) -> None:
-    with pytest.raises(FileNotFoundError, match="run the validate stage"):
+    with pytest.raises(PreprocessError, match=r"manifest not found \(run the validate stage"):
         _stage().run(cfg, tmp_path / "data", tmp_path / "manifest.csv", tmp_path / "out")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-GIVEN_SPLITS = ("train", "val", "test")
+from ihcflow.tables import SPLITS as GIVEN_SPLITS  # the folders are named like the splits
 
 
 class DatasetError(ValueError):

@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ihcflow.dataset import load_images, read_split, split_rows
 from ihcflow.files import atomic_path, sha256_bytes, sha256_file
-from ihcflow.images.codec import IMAGE_SUFFIXES, ImageError, decode_rgb8, read_rgb8
+from ihcflow.images.codec import IMAGE_SUFFIXES, decode_rgb8
 from ihcflow.images.features import FEATURE_COLUMNS, image_features
 from ihcflow.model_format import OnnxModel, model_files, read_model_info
+from ihcflow.tables import FEATURES, read_table
 
 LOG_GLOB = "predictions-*.jsonl"
 # in the log folder itself (one server), and one level down (one sub-folder per pod: deploy/k8s)
@@ -121,15 +123,6 @@ def load_model(path: str | Path) -> Model:
 # ------------------------------------------------------------------------------ the reference
 
 
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise DriftInputError(f"{path}: {what} not found")
-    try:
-        return pd.read_csv(path, keep_default_na=False, dtype={"sha256": str, "path": str})
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DriftInputError(f"{path}: cannot read {what}: {exc}") from None
-
-
 def numeric_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
     """``columns`` of ``frame`` as float; a missing column is an error naming ``source``."""
     missing = [c for c in columns if c not in frame.columns]
@@ -159,23 +152,21 @@ def load_reference(
     ``embedding``), else computed with ``model`` (cached in ``cache_dir``), else none.
     """
     features_csv = Path(features_csv)
-    table = _read_csv(features_csv, "reference feature table")
+    table = read_table(
+        features_csv,
+        FEATURES,
+        columns=(),
+        error=DriftInputError,
+        absent="reference feature table not found",
+    )
     source = str(features_csv)
     notes: list[str] = []
     if split_csv is not None:
         split_csv = Path(split_csv)
-        splits = _read_csv(split_csv, "split table")
-        need = [c for c in ("path", "split", "image") if c not in splits.columns]
-        if need or "path" not in table.columns:
-            raise DriftInputError(
-                f"{split_csv if need else features_csv}: lacks column(s) {need or ['path']}"
-            )
-        chosen = splits[splits["split"] == split]
-        if chosen.empty:
-            raise DriftInputError(
-                f"{split_csv}: no rows with split == {split!r} (splits: "
-                f"{sorted(splits['split'].unique())})"
-            )
+        splits = read_split(split_csv, columns=("path", "split", "image"), error=DriftInputError)
+        if "path" not in table.columns:
+            raise DriftInputError(f"{features_csv}: lacks column(s) ['path']")
+        chosen = split_rows(splits, split, split_csv, error=DriftInputError)
         table = chosen[["path", "image"]].merge(
             table.drop(columns=["image"], errors="ignore"), on="path", how="left", indicator=True
         )
@@ -265,21 +256,8 @@ def _model_outputs(
                 return np.asarray(data["embedding"]), [str(p) for p in data["predicted"]]
         except (OSError, KeyError, ValueError):
             pass  # unreadable cache entry: recompute and overwrite it
-    batch = []
-    for rel in images:
-        path = root / rel
-        try:
-            rgb, _ = read_rgb8(path, strict=False)
-        except (OSError, ImageError) as exc:
-            raise DriftInputError(f"{path}: cannot read preprocessed image: {exc}") from None
-        if rgb.shape[:2] != (model.input_size, model.input_size):
-            raise DriftInputError(
-                f"{path}: {rgb.shape[1]}x{rgb.shape[0]} px but model {model.version} expects "
-                f"{model.input_size} px: processed/images and the model are from different "
-                "runs (`dvc repro`)"
-            )
-        batch.append(rgb)
-    probs, emb = model.run(np.stack(batch))
+    batch = load_images(images, root, model.input_size, error=DriftInputError)
+    probs, emb = model.run(batch)
     predicted = model.predicted(probs)
     if cache is not None:
         with atomic_path(cache) as tmp, open(tmp, "wb") as fh:

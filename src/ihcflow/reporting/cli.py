@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ihcflow.files import write_bytes_atomic, write_text_atomic
+from ihcflow.model_format import JSON_NAME
 from ihcflow.reporting.metrics import TOLERANCE_FILE
+from ihcflow.tables import METRICS
 
 
 def _cmd_pr(args: argparse.Namespace) -> int:
@@ -106,8 +108,8 @@ def add_parser(subparsers: Any) -> None:
     metrics = sub.add_parser(
         "metrics", help="the test metrics and the registered model, as text (make repro ends so)"
     )
-    metrics.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
-    metrics.add_argument("--model", type=Path, default=Path("models/model.json"))
+    metrics.add_argument("--metrics", type=Path, default=Path(METRICS))
+    metrics.add_argument("--model", type=Path, default=Path("models") / JSON_NAME)
     metrics.add_argument(
         "--against",
         metavar="REV",

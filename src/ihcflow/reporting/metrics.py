@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ihcflow.files import read_json
+from ihcflow.tables import HEADLINE_METRICS
 
-HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
-PER_CLASS = ("precision", "recall", "f1", "support")
+PER_CLASS = ("precision", "recall", "f1", "support")  # the columns printed
 
 
 def _cell(value: Any, digits: int = 3) -> str:
@@ -28,7 +28,7 @@ def _cell(value: Any, digits: int = 3) -> str:
 def format_metrics(metrics: Mapping[str, Any]) -> str:
     """``reports/metrics.json`` (the evaluate stage's output) as a few lines of text."""
     lines = [f"test images: {metrics.get('n_test', 'n/a')}"]
-    lines += [f"  {key:<18} {_cell(metrics.get(key), 4)}" for key in HEADLINE]
+    lines += [f"  {key:<18} {_cell(metrics.get(key), 4)}" for key in HEADLINE_METRICS]
     per_class: Mapping[str, Mapping[str, Any]] = metrics.get("per_class") or {}
     if per_class:
         width = max(len(name) for name in per_class)
@@ -105,7 +105,7 @@ def compare_metrics(
 
     return [
         MetricDiff(key, number(here, key), number(committed, key), tolerance.get(key))
-        for key in HEADLINE
+        for key in HEADLINE_METRICS
     ]
 
 

@@ -11,7 +11,6 @@ Markdown file, or under ``image_base_url`` where CI publishes them (docs/ci.md).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -24,22 +23,22 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ihcflow import tables
 from ihcflow.data.provenance import describe, parse_dvc_file
+from ihcflow.model_format import JSON_NAME
 from ihcflow.registry import GateResult, evaluate_gate
+from ihcflow.tables import HEADLINE_METRICS, METRICS, PER_CLASS_METRICS
 
 MARKER = "<!-- ihcflow-report -->"  # CI finds the comment to update by this line
 COMMENT_LIMIT = 65536  # GitHub rejects longer comment bodies
 
-METRICS = "reports/metrics.json"
 PARAMS = "params.yaml"
-MANIFEST = "processed/manifest.csv"
+MANIFEST = tables.MANIFEST.path
 DATA_DVC = "data.dvc"
-MODEL_JSON = "models/model.json"
+MODEL_JSON = f"models/{JSON_NAME}"
 DRIFT_SUMMARY = "reports/drift/summary.md"
 PLOTS = (("confusion matrix", "reports/plots/confusion.png"), ("ROC", "reports/plots/roc.png"))
-HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
 PER_CLASS = "per_class."
-CLASS_COLUMNS = ("precision", "recall", "f1", "auroc", "support")
 
 
 @dataclass(frozen=True)
@@ -156,13 +155,7 @@ def manifest_changes(base: pd.DataFrame, new: pd.DataFrame) -> list[ClassDelta]:
 
 
 def parse_manifest(text: str, source: str) -> pd.DataFrame:
-    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    missing = [c for c in ("path", "class", "sha256") if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{source}: manifest lacks column(s) {missing} (has {list(frame.columns)})"
-        )
-    return frame
+    return tables.parse_table(text, source, tables.MANIFEST, columns=("path", "class", "sha256"))
 
 
 def dvc_file_summary(text: str | None) -> dict[str, Any]:
@@ -418,7 +411,7 @@ def collect(root: str | Path, base: str, base_label: str | None = None) -> PrRep
 
 
 def _metric_table(changes: Sequence[Change], base: str) -> list[str]:
-    order = {name: i for i, name in enumerate(HEADLINE)}
+    order = {name: i for i, name in enumerate(HEADLINE_METRICS)}
     rows = sorted(changes, key=lambda c: (order.get(c.name, len(order)), c.name))
     lines = [f"| metric | `{base}` | this PR | change |", "|---|---:|---:|---:|"]
     for c in rows:
@@ -432,7 +425,7 @@ def _per_class_table(changes: Sequence[Change]) -> list[str]:
     for c in changes:
         cls, metric = c.name[len(PER_CLASS) :].rsplit(".", 1)
         cells.setdefault(cls, {})[metric] = c
-    columns = [m for m in CLASS_COLUMNS if any(m in v for v in cells.values())]
+    columns = [m for m in PER_CLASS_METRICS if any(m in v for v in cells.values())]
     columns += sorted({m for v in cells.values() for m in v} - set(columns))
     lines = ["| class | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for cls, by_metric in cells.items():

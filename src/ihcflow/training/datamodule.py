@@ -19,13 +19,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ihcflow.files import read_csv_table
-from ihcflow.images.codec import ImageError, read_rgb8
+from ihcflow.dataset import load_image, read_split
 from ihcflow.training.augment import Augment
 from ihcflow.training.module import scale_pixels
 
-SPLIT_COLUMNS = ("path", "sha256", "class", "split", "group", "image")
-SPLITS = ("train", "val", "test")
 IMBALANCE_MODES = ("none", "class_weights", "balanced_sampler")
 
 
@@ -33,27 +30,10 @@ class DataError(ValueError):
     """The split table or an image it names cannot be used for training."""
 
 
-def read_split_table(
-    split_csv: str | os.PathLike[str], columns: Sequence[str] = SPLIT_COLUMNS
-) -> pd.DataFrame:
-    """Read the split stage's ``processed/split.csv`` as strings; check it has ``columns``."""
-    return read_csv_table(
-        split_csv,
-        columns,
-        error=DataError,
-        absent="split table not found (run the split stage first)",
-    )
-
-
-def read_split(split_csv: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Read and check ``split.csv``; return the table and the sorted class names."""
-    frame = read_split_table(split_csv)
-    bad = sorted(set(frame["split"]) - set(SPLITS))
-    if bad:
-        raise DataError(f"{split_csv}: unknown split value(s) {bad}, expected {list(SPLITS)}")
-    if (frame["class"] == "").any():
-        row = int(np.flatnonzero(frame["class"] == "")[0]) + 2
-        raise DataError(f"{split_csv}: line {row} has an empty class")
+def read_training_split(split_csv: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The split table (:func:`ihcflow.dataset.read_split`), checked for what training needs;
+    returns it and the sorted class names (their index is the label)."""
+    frame = read_split(split_csv, error=DataError)
     classes = sorted(frame["class"].unique())
     if len(classes) < 2:
         raise DataError(f"{split_csv}: {len(classes)} class(es) {classes}, need at least 2")
@@ -67,23 +47,6 @@ def read_split(split_csv: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[st
             "checkpoint and to stop early (set split.val > 0)"
         )
     return frame, classes
-
-
-def load_image(path: Path, size: int | None) -> np.ndarray:
-    """Decode one preprocessed image to (H, W, 3) uint8 RGB and check its size."""
-    if not path.is_file():
-        raise DataError(f"{path}: preprocessed image not found (run the preprocess stage)")
-    try:
-        rgb, _ = read_rgb8(path, strict=False)
-    except ImageError as exc:
-        raise DataError(str(exc)) from None
-    h, w = rgb.shape[:2]
-    if size is not None and (h, w) != (size, size):
-        raise DataError(
-            f"{path}: image is {w}x{h} px, the model expects {size}x{size} "
-            "(preprocess.size is not the size these images were made with: rerun `dvc repro`)"
-        )
-    return rgb
 
 
 def _passthrough(batch: Any) -> Any:
@@ -125,7 +88,7 @@ class ImageSet(Dataset):
         if self.images is not None:
             return self.images[idx], self.labels[idx]
         assert self.paths is not None
-        arrays = [load_image(self.paths[i], self.size) for i in idx.tolist()]
+        arrays = [load_image(self.paths[i], self.size, error=DataError) for i in idx.tolist()]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         return batch, self.labels[idx]
 
@@ -197,7 +160,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.seed = seed
         self.image_size = image_size
         self.in_memory_max_bytes = in_memory_max_bytes
-        self.frame, self.class_names = read_split(self.split_csv)
+        self.frame, self.class_names = read_training_split(self.split_csv)
         self.sets: dict[str, ImageSet] = {}
         self.mean = torch.zeros(3)
         self.std = torch.ones(3)
@@ -228,7 +191,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _size(self) -> int:
         if self.image_size is None:
             first = self.root / self.frame["image"].iloc[0]
-            self.image_size = int(load_image(first, None).shape[0])
+            self.image_size = int(load_image(first, None, error=DataError).shape[0])
         return self.image_size
 
     def setup(self, stage: str | None = None) -> None:
@@ -249,7 +212,9 @@ class ImageDataModule(pl.LightningDataModule):
             if fits:
                 images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
                 for i, path in enumerate(paths):
-                    images[i] = torch.from_numpy(load_image(path, size)).permute(2, 0, 1)
+                    images[i] = torch.from_numpy(load_image(path, size, error=DataError)).permute(
+                        2, 0, 1
+                    )
                 self.sets[split] = ImageSet(labels, images=images, size=size)
             else:
                 self.sets[split] = ImageSet(labels, paths=paths, size=size)

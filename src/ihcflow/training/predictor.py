@@ -70,7 +70,7 @@ def _export_torch(module: nn.Module, size: int, path: Path, output_names: list[s
     program.save(str(path), external_data=False)
 
 
-class Predictor:
+class CheckpointPredictor:
     """A model rebuilt from a checkpoint (Lightning network or scikit-learn baseline)."""
 
     def __init__(self, ckpt: dict[str, Any], source: str) -> None:
@@ -229,6 +229,6 @@ def _append_sklearn(features: Any, estimator: Any, dim: int) -> Any:
     return merged
 
 
-def load_predictor(ckpt_path: str | os.PathLike[str]) -> Predictor:
+def load_predictor(ckpt_path: str | os.PathLike[str]) -> CheckpointPredictor:
     """Rebuild the model stored in ``ckpt_path`` (a ``best.ckpt``/``last.ckpt`` of train)."""
-    return Predictor(load_checkpoint(ckpt_path), str(ckpt_path))
+    return CheckpointPredictor(load_checkpoint(ckpt_path), str(ckpt_path))
