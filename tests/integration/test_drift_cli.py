@@ -18,9 +18,10 @@ from ihcflow import cli as ihcflow_cli
 from ihcflow.images.codec import encode_png, read_rgb8
 from ihcflow.images.features import FEATURE_COLUMNS, image_features
 from ihcflow.monitoring.cli import main
-from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain, write_logs
+from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain
 from ihcflow.monitoring.sources import load_model
 from tests.conftest import PBC_SAMPLE
+from tests.helpers import write_logs
 from tests.integration.test_register import (
     PASSING,
     TinyPredictor,

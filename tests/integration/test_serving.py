@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ihcflow.files import write_csv_atomic
 from ihcflow.images.features import FEATURE_COLUMNS
-from ihcflow.serving.predlog import read_log
+from ihcflow.prediction_log import read_log
 from tests.conftest import REPO
 from tests.integration.test_register import (
     TinyPredictor,

@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ihcflow.serving.predlog import log_path
+from ihcflow.prediction_log import log_path
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent

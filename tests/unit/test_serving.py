@@ -26,8 +26,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from ihcflow.files import sha256_file
+from ihcflow.prediction_log import PredictionLog, iso_z, read_log
 from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
-from ihcflow.serving.predlog import PredictionLog, iso_z, read_log
 from ihcflow.serving.settings import available_cpus, parse_size
 from tests.conftest import REPO
 
@@ -229,7 +229,7 @@ def test_log_file_removed_by_a_clean_up_is_recreated(tmp_path: Path) -> None:
 def test_killed_writer_loses_nothing_it_reported_written(tmp_path: Path) -> None:
     script = (
         "import datetime as dt, sys\n"
-        "from ihcflow.serving.predlog import PredictionLog, iso_z\n"
+        "from ihcflow.prediction_log import PredictionLog, iso_z\n"
         f"log = PredictionLog({str(tmp_path)!r})\n"
         "for i in range(100000):\n"
         "    log.write([{'ts': iso_z(dt.datetime.now(dt.UTC)), 'request_id': str(i),"

@@ -4,19 +4,15 @@ Reference: the training split's rows of ``reports/data/features.csv`` (features 
 decoded images before correction); with a registered model, also its embedding and predicted
 class for every training image (``processed/images``), cached per model and image list.
 
-Current: the server's prediction logs (``<log_dir>/predictions-YYYY-MM-DD.jsonl``, or
-``<log_dir>/<pod>/predictions-YYYY-MM-DD.jsonl`` with one folder per server pod as deploy/k8s
-writes them; one JSON object per predicted image: ``ts``, ``model_name``, ``model_version``,
-``predicted``, ``features``, optionally ``embedding``), or a folder of images measured the same
-way (and, with a model, prepared exactly as the server does and predicted). Unusable lines,
-rows with missing feature values, rows of another model version and unreadable images are left
-out and counted; what is left out is reported, never silently dropped.
+Current: the server's prediction logs (:mod:`ihcflow.prediction_log`, read one day file per
+UTC day, in the log folder and one level down), or a folder of images measured the same way
+(and, with a model, prepared exactly as the server does and predicted). Unusable lines, rows
+with missing feature values, rows of another model version and unreadable images are left out
+and counted; what is left out is reported, never silently dropped.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
 import re
 from collections import Counter
@@ -33,13 +29,9 @@ from ihcflow.files import atomic_path, sha256_bytes, sha256_file
 from ihcflow.images.codec import IMAGE_SUFFIXES, decode_rgb8
 from ihcflow.images.features import FEATURE_COLUMNS, image_features
 from ihcflow.model_format import OnnxModel, model_files, read_model_info
+from ihcflow.prediction_log import LOG_GLOB, log_file_day, log_files, read_records
 from ihcflow.tables import FEATURES, read_table
 
-LOG_GLOB = "predictions-*.jsonl"
-# in the log folder itself (one server), and one level down (one sub-folder per pod: deploy/k8s)
-LOG_GLOBS = (LOG_GLOB, f"*/{LOG_GLOB}")
-_LOG_DATE = re.compile(r"^predictions-(\d{4}-\d{2}-\d{2})\.jsonl$")
-LOG_REQUIRED = ("ts", "model_version", "predicted", "features")
 MAX_EXAMPLES = 10  # problems listed by name in the report; the rest are only counted
 BATCH = 64  # images per ONNX call
 
@@ -268,26 +260,6 @@ def _model_outputs(
 # ---------------------------------------------------------------------------- prediction logs
 
 
-def log_files(path: str | Path) -> list[Path]:
-    """The log files under ``path``: one ``.jsonl``, or the ``predictions-*.jsonl`` of a folder
-    and of its sub-folders (``<pod>/predictions-*.jsonl``, one level down)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    return sorted(p for pattern in LOG_GLOBS for p in path.glob(pattern) if p.is_file())
-
-
-def log_file_day(path: str | Path) -> dt.date | None:
-    """The UTC day a log file holds, from its name (``predictions-YYYY-MM-DD.jsonl``)."""
-    match = _LOG_DATE.match(Path(path).name)
-    if not match:
-        return None
-    try:
-        return dt.date.fromisoformat(match.group(1))
-    except ValueError:
-        return None
-
-
 @dataclass
 class _Parsed:
     ts: list[str] = field(default_factory=list)
@@ -303,57 +275,31 @@ def _parse_lines(files: Sequence[Path], columns: Sequence[str]) -> tuple[_Parsed
     out = _Parsed()
     bad: Counter[str] = Counter()
     problems: list[str] = []
-
-    def reject(where: str, reason: str) -> None:
-        bad[reason] += 1
-        if len(problems) < MAX_EXAMPLES:
-            problems.append(f"{where}: {reason}")
-
-    for path in files:
-        try:
-            fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
-        except OSError as exc:
-            reject(str(path), f"unreadable file ({exc.strerror})")
+    for where, rec, reason in read_records(files):
+        if rec is None:
+            bad[reason] += 1
+            if len(problems) < MAX_EXAMPLES:
+                problems.append(f"{where}: {reason}")
             continue
-        with fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    reject(where, "not valid JSON (a truncated line?)")
-                    continue
-                if not isinstance(rec, dict):
-                    reject(where, "not a JSON object")
-                    continue
-                lacking = [k for k in LOG_REQUIRED if rec.get(k) is None]
-                if lacking:
-                    reject(where, f"lacks {', '.join(lacking)}")
-                    continue
-                feats = rec["features"]
-                if not isinstance(feats, dict):
-                    reject(where, "features is not an object")
-                    continue
-                emb = rec.get("embedding")
-                if isinstance(emb, list) and emb:
-                    try:
-                        emb = np.asarray(emb, dtype=np.float32)
-                    except (TypeError, ValueError):
-                        emb = None
-                    if emb is not None and emb.ndim != 1:
-                        emb = None
-                else:
-                    emb = None
-                out.ts.append(str(rec["ts"]))
-                out.name.append(str(rec.get("model_name", "")))
-                out.version.append(str(rec["model_version"]))
-                out.predicted.append(str(rec["predicted"]))
-                out.features.append([feats.get(c) for c in columns])
-                out.embedding.append(emb)
-                out.where.append(where)
+        out.ts.append(str(rec["ts"]))
+        out.name.append(str(rec.get("model_name", "")))
+        out.version.append(str(rec["model_version"]))
+        out.predicted.append(str(rec["predicted"]))
+        out.features.append([rec["features"].get(c) for c in columns])
+        out.embedding.append(_embedding(rec.get("embedding")))
+        out.where.append(where)
     return out, bad, problems
+
+
+def _embedding(value: Any) -> np.ndarray | None:
+    """A record's ``embedding`` as a float32 vector; None when absent or not a flat list."""
+    if not isinstance(value, list) or not value:
+        return None
+    try:
+        emb = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    return emb if emb.ndim == 1 else None
 
 
 def parse_time(text: str, what: str) -> pd.Timestamp:
