@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 
 from ihcflow import plots
+from ihcflow.config import load_params
 from ihcflow.evaluation import Predictor, evaluate_split, probs_from_predictions, roc_points
-from ihcflow.files import load_params, write_csv_atomic, write_json_atomic
+from ihcflow.files import write_csv_atomic, write_json_atomic
 from ihcflow.reporting.metrics import format_metrics
 from ihcflow.tables import METRICS, PREDICTIONS, SPLIT, write_table
 

@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ihcflow.files import load_params, write_json_atomic
+from ihcflow.config import load_params
+from ihcflow.files import write_json_atomic
 from ihcflow.images.prepare import tune_malloc
 from ihcflow.preprocess import MANIFEST_COLUMNS, PreprocessError, preprocess_dataset
 from ihcflow.tables import FEATURES, IMAGES_DIR, MANIFEST, read_table, write_table

@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from ihcflow.files import load_params, write_json_atomic
+from ihcflow.config import load_params
+from ihcflow.files import write_json_atomic
 from ihcflow.split import SplitError, assign_groups, read_split_inputs, split_dataset
 from ihcflow.tables import FEATURES, IMAGES_DIR, MANIFEST, SPLIT, write_table
 

@@ -16,10 +16,10 @@ from typing import Any
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
-from ihcflow.files import load_params
+from ihcflow.config import load_params
+from ihcflow.errors import PipelineError
 from ihcflow.tables import SPLIT
-from ihcflow.training.datamodule import DataError
-from ihcflow.training.fit import TrainConfigError, fit
+from ihcflow.training.fit import fit
 
 
 def run(
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             checkpoints=args.checkpoints,
             live_dir=args.live,
         )
-    except (DataError, TrainConfigError, FileNotFoundError, KeyError) as exc:
+    except (PipelineError, KeyError) as exc:
         raise SystemExit(f"train: {exc}") from None
     _print_summary(summary)
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ihcflow.config import load_params
 from ihcflow.data.layout import DatasetError
-from ihcflow.files import load_params, write_json_atomic
+from ihcflow.files import write_json_atomic
 from ihcflow.tables import MANIFEST, write_table
 from ihcflow.validation import ValidationFailed, ValidationResult, summarize, validate_dataset
 

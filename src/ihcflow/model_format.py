@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ihcflow.errors import PipelineError
 from ihcflow.files import sha256_file
 
 ONNX_NAME = "model.onnx"
@@ -34,7 +35,7 @@ PIXEL_MAX = 255.0  # uint8 RGB / PIXEL_MAX is the model's input, in [0, 1]
 REQUIRED = ("name", "version", "class_names", "input_size", "preprocess")
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(PipelineError):
     """Model files that cannot be used; the message names the file and what is wrong."""
 
 

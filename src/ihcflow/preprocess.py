@@ -38,6 +38,7 @@ import cv2
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ihcflow.errors import PipelineError
 from ihcflow.files import atomic_dir, atomic_path, params_hash, sha256_bytes
 from ihcflow.images.codec import ImageError, encode_png, png_params
 from ihcflow.images.features import FEATURE_COLUMNS
@@ -59,7 +60,7 @@ _CHUNK_MAX = 32  # images per task sent to a worker
 _MIN_PARALLEL = 64
 
 
-class PreprocessError(RuntimeError):
+class PreprocessError(PipelineError):
     """An image could not be preprocessed; the message names the file."""
 
 

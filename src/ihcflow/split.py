@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from ihcflow.errors import PipelineError
 from ihcflow.tables import (
     FEATURES,
     GROUPS,
@@ -30,7 +31,7 @@ from ihcflow.tables import (
 )
 
 
-class SplitError(ValueError):
+class SplitError(PipelineError):
     """The inputs cannot be split as asked (bad groups file, too few groups, stale inputs)."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ihcflow.errors import PipelineError
 from ihcflow.files import write_csv_atomic
 
 SPLITS = ("train", "val", "test")  # split.csv's `split` values; also layout 2's folders
@@ -75,7 +76,7 @@ HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", 
 PER_CLASS_METRICS = ("precision", "recall", "f1", "auroc", "support")
 
 
-class TableError(ValueError):
+class TableError(PipelineError):
     """A table that cannot be used; the message names the file and what is wrong."""
 
 

@@ -283,7 +283,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     predictor = TinyPredictor(train_tiny(root))
     predictor.config["preprocess"] = PREPROCESS  # model.json records what the model was fed
     ev = evaluate_tiny(root, predictor, batch_size=16, max_images=0)
-    register(ev, PASSING, preprocess=PREPROCESS)
+    register(ev, PASSING)
     rows = [
         {**r, **image_features(read_rgb8(root / r["image"])[0])} for r in split.to_dict("records")
     ]

@@ -17,9 +17,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from ihcflow.dataset import load_image
+from ihcflow.training import TrainError
 from ihcflow.training import checkpoints as ckpts
-from ihcflow.training.datamodule import DataError
-from ihcflow.training.fit import TrainConfigError
 from ihcflow.training.module import CKPT_KEY
 from ihcflow.training.predictor import load_predictor
 from ihcflow.training.toydata import write_toy_split
@@ -251,14 +250,14 @@ def test_bad_inputs_name_the_file(train: Train, toy_data: Path, tmp_path: Path) 
     frame = pd.read_csv(root / "processed" / "split.csv")
     victim = root / frame["image"].iloc[0]
     victim.unlink()
-    with pytest.raises(DataError, match=f"{victim}: preprocessed image not found"):
+    with pytest.raises(TrainError, match=f"{victim}: preprocessed image not found"):
         train(root=root)
     victim.write_bytes(b"not a png")
-    with pytest.raises(DataError, match=str(victim)):
+    with pytest.raises(TrainError, match=str(victim)):
         train(root=root)
     write_toy_split(root, {"train": 8, "val": 4}, n_classes=2, size=SIZE + 4)
     expected = f"is {SIZE + 4}x{SIZE + 4} px, the model expects {SIZE}x{SIZE}"
-    with pytest.raises(DataError, match=expected):
+    with pytest.raises(TrainError, match=expected):
         train(root=root)
 
 
@@ -325,7 +324,7 @@ def test_gpu_preset_full_epochs(train: Train) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without CUDA says")
 @pytest.mark.parametrize("preset", ["trainer=gpu", "trainer=ddp"])
 def test_gpu_presets_without_cuda_fail_in_one_line(preset: str, train: Train) -> None:
-    with pytest.raises(TrainConfigError, match="train with trainer=cpu, or install the CUDA"):
+    with pytest.raises(TrainError, match="train with trainer=cpu, or install the CUDA"):
         train(preset)
 
 

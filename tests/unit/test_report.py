@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ihcflow.registry import evaluate_gate
+from ihcflow.registry.gate import evaluate_gate
 from ihcflow.reporting.pr import (
     COMMENT_LIMIT,
     MARKER,

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from ihcflow.training import TrainError
 from ihcflow.training.augment import Augment, RandColorJitter, RandFlipRot90, RandStainJitter
-from ihcflow.training.datamodule import DataError, EpochSampler, read_training_split
+from ihcflow.training.datamodule import EpochSampler, read_training_split
 
 
 def _batch(n: int = 16, size: int = 8) -> torch.Tensor:
@@ -100,21 +101,21 @@ def _row(cls: str, split: str, i: int) -> dict:
 
 def test_read_split_sorted_classes_and_errors(tmp_path: Path) -> None:
     rows = [_row("b", "train", 1), _row("a", "train", 2), _row("a", "val", 3), _row("c", "test", 4)]
-    with pytest.raises(DataError, match=r"class\(es\) \['c'\] have no training images"):
+    with pytest.raises(TrainError, match=r"class\(es\) \['c'\] have no training images"):
         read_training_split(_write_split(tmp_path / "s.csv", rows))
     rows[-1] = _row("b", "test", 4)
     frame, classes = read_training_split(_write_split(tmp_path / "s.csv", rows))
     assert classes == ["a", "b"] and len(frame) == 4
     no_val = [r for r in rows if r["split"] != "val"]
-    with pytest.raises(DataError, match="no 'val' rows"):
+    with pytest.raises(TrainError, match="no 'val' rows"):
         read_training_split(_write_split(tmp_path / "s.csv", no_val))
     bad = tmp_path / "bad.csv"
     pd.DataFrame(rows).drop(columns=["image"]).to_csv(bad, index=False)
-    with pytest.raises(DataError, match=r"bad.csv: missing column\(s\) \['image'\]"):
+    with pytest.raises(TrainError, match=r"bad.csv: missing column\(s\) \['image'\]"):
         read_training_split(bad)
-    with pytest.raises(DataError, match="split table not found"):
+    with pytest.raises(TrainError, match="split table not found"):
         read_training_split(tmp_path / "absent.csv")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(DataError, match=r"empty.csv: cannot read as CSV"):
+    with pytest.raises(TrainError, match=r"empty.csv: cannot read as CSV"):
         read_training_split(empty)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ihcflow.dataset import load_images, read_split, split_rows
+from ihcflow.errors import PipelineError
 from ihcflow.files import atomic_path, sha256_bytes, sha256_file
 from ihcflow.images.codec import IMAGE_SUFFIXES, decode_rgb8
 from ihcflow.images.features import FEATURE_COLUMNS, image_features
@@ -36,7 +37,7 @@ MAX_EXAMPLES = 10  # problems listed by name in the report; the rest are only co
 BATCH = 64  # images per ONNX call
 
 
-class DriftInputError(ValueError):
+class DriftInputError(PipelineError):
     """Input that cannot be compared; the message names the file and what is wrong."""
 
 

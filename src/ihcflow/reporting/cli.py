@@ -58,8 +58,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 def _against(args: argparse.Namespace, here: dict[str, Any]) -> str:
     """The headline metrics against the ones committed at ``args.against``."""
-    import json
-
+    from ihcflow.files import parse_json
     from ihcflow.reporting import metrics as m
     from ihcflow.reporting.pr import read_at, resolve_rev
 
@@ -68,10 +67,7 @@ def _against(args: argparse.Namespace, here: dict[str, Any]) -> str:
     text, why = read_at(root, args.metrics.as_posix(), commit)
     if text is None:
         raise ValueError(f"{args.metrics} at {args.against}: cannot read it ({why})")
-    try:
-        committed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{args.metrics} at {args.against}: not valid JSON: {exc}") from None
+    committed = parse_json(text, f"{args.metrics} at {args.against}")
     tolerance = m.read_tolerance(args.tolerance) if args.tolerance.is_file() else {}
     source = str(args.tolerance) if tolerance else f"{args.tolerance}: absent, none measured"
     rows = m.compare_metrics(here, committed, tolerance)

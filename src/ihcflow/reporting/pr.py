@@ -25,8 +25,10 @@ import yaml
 
 from ihcflow import tables
 from ihcflow.data.provenance import describe, parse_dvc_file
+from ihcflow.files import parse_json
 from ihcflow.model_format import JSON_NAME
-from ihcflow.registry import GateResult, evaluate_gate
+from ihcflow.registry.gate import GateResult, evaluate_gate
+from ihcflow.reporting.format import MISSING, number
 from ihcflow.tables import HEADLINE_METRICS, METRICS, PER_CLASS_METRICS
 
 MARKER = "<!-- ihcflow-report -->"  # CI finds the comment to update by this line
@@ -158,11 +160,11 @@ def parse_manifest(text: str, source: str) -> pd.DataFrame:
     return tables.parse_table(text, source, tables.MANIFEST, columns=("path", "class", "sha256"))
 
 
-def dvc_file_summary(text: str | None) -> dict[str, Any]:
+def dvc_file_summary(text: str | None, source: str = DATA_DVC) -> dict[str, Any]:
     """md5 / nfiles / size of the first output recorded in a ``.dvc`` file ({} if none)."""
     if not text:
         return {}
-    outs = (yaml.safe_load(text) or {}).get("outs") or [{}]
+    outs = parse_dvc_file(text, source)["outs"] or [{}]
     return {k: outs[0][k] for k in ("md5", "nfiles", "size") if k in outs[0]}
 
 
@@ -170,12 +172,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def fmt(value: Any, exact: bool = False) -> str:
-    """A metric with 4 decimals (``exact``: as written, for params); None as a dash."""
+def param_text(value: Any) -> str:
+    """A param as written (a number in full, a list or mapping as JSON)."""
     if value is None:
-        return "—"
+        return MISSING
     if isinstance(value, float):
-        return repr(value) if exact or 0 < abs(value) < 1e-3 else f"{value:.4f}"
+        return repr(value)
     if isinstance(value, list | dict):
         return f"`{json.dumps(value)}`"
     return str(value)
@@ -194,28 +196,23 @@ def fmt_delta(old: Any, new: Any) -> str:
     delta = new - old
     if delta == 0:
         return "="
-    if isinstance(delta, int):
-        text = f"{delta:+d}"
-    else:
-        text = f"{delta:+.2e}" if abs(delta) < 1e-3 else f"{delta:+.4f}"
-    return f"{text} {'▲' if delta > 0 else '▼'}"
+    return f"{number(delta, signed=True)} {'▲' if delta > 0 else '▼'}"
 
 
 def _cell(old: Any, new: Any) -> str:
     """A per-class table cell: the value, with the change when there is one."""
     if old == new:
-        return fmt(new)
-    return f"{fmt(new)} ({fmt_delta(old, new)})"
+        return number(new)
+    return f"{number(new)} ({fmt_delta(old, new)})"
 
 
 def _gate_line(result: GateResult | None) -> str:
     if result is None:
-        return "n/a"
+        return MISSING
     if not result.rows:
         return "no thresholds"
-    held = sum(r.ok for r in result.rows)
     word = "✅ passed" if result.passed else "❌ failed"
-    return f"{word} ({held}/{len(result.rows)} checks hold)"
+    return f"{word} ({result.summary()})"
 
 
 def _md_escape(text: str) -> str:
@@ -266,15 +263,7 @@ def _read_text(path: Path) -> str | None:
 
 
 def _json(text: str | None, source: str) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{source}: not valid JSON: {exc}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{source}: expected a JSON object, got {type(loaded).__name__}")
-    return loaded
+    return None if text is None else parse_json(text, source)
 
 
 def _gate_params(text: str | None, source: str) -> Mapping[str, Any] | None:
@@ -416,7 +405,7 @@ def _metric_table(changes: Sequence[Change], base: str) -> list[str]:
     lines = [f"| metric | `{base}` | this PR | change |", "|---|---:|---:|---:|"]
     for c in rows:
         name = f"**{c.name}**" if c.name in order else c.name
-        lines.append(f"| {name} | {fmt(c.old)} | {fmt(c.new)} | {fmt_delta(c.old, c.new)} |")
+        lines.append(f"| {name} | {number(c.old)} | {number(c.new)} | {fmt_delta(c.old, c.new)} |")
     return lines
 
 
@@ -507,8 +496,7 @@ def render(
     if report.params:
         out += [f"| param | `{base}` | this PR |", "|---|---|---|"]
         out += [
-            f"| `{c.name}` | {_md_escape(fmt(c.old, exact=True))} | "
-            f"{_md_escape(fmt(c.new, exact=True))} |"
+            f"| `{c.name}` | {_md_escape(param_text(c.old))} | {_md_escape(param_text(c.new))} |"
             for c in report.params
         ]
     else:
@@ -521,12 +509,7 @@ def render(
     elif not report.gate.rows:
         out.append("No thresholds are set (params `gate.min_*` / `gate.max_*`).")
     else:
-        out += ["| metric | value | rule | result |", "|---|---:|---|---|"]
-        out += [
-            f"| {_md_escape(r.metric)} | {fmt(r.value)} | {r.op} {r.threshold:g} | "
-            f"{'ok' if r.ok else '**FAIL**'} |"
-            for r in report.gate.rows
-        ]
+        out += report.gate.table(markdown=True)
     out.append("")
 
     out += ["### Plots", ""]
@@ -566,7 +549,7 @@ def render(
         else:
             out += [f"| `{DATA_DVC}` | `{base}` | this PR |", "|---|---|---|"]
             out += [
-                f"| {k} | {fmt(old.get(k))} | {fmt(new.get(k))} |"
+                f"| {k} | {number(old.get(k))} | {number(new.get(k))} |"
                 for k in ("nfiles", "size", "md5")
             ]
         out += ["", f"<sub>From {data.method}.</sub>"]

@@ -20,29 +20,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ihcflow.dataset import load_image, read_split
+from ihcflow.training import TrainError
 from ihcflow.training.augment import Augment
 from ihcflow.training.module import scale_pixels
 
 IMBALANCE_MODES = ("none", "class_weights", "balanced_sampler")
 
 
-class DataError(ValueError):
-    """The split table or an image it names cannot be used for training."""
-
-
 def read_training_split(split_csv: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
     """The split table (:func:`ihcflow.dataset.read_split`), checked for what training needs;
     returns it and the sorted class names (their index is the label)."""
-    frame = read_split(split_csv, error=DataError)
+    frame = read_split(split_csv, error=TrainError)
     classes = sorted(frame["class"].unique())
     if len(classes) < 2:
-        raise DataError(f"{split_csv}: {len(classes)} class(es) {classes}, need at least 2")
+        raise TrainError(f"{split_csv}: {len(classes)} class(es) {classes}, need at least 2")
     train_classes = set(frame.loc[frame["split"] == "train", "class"])
     absent = [c for c in classes if c not in train_classes]
     if absent:
-        raise DataError(f"{split_csv}: class(es) {absent} have no training images")
+        raise TrainError(f"{split_csv}: class(es) {absent} have no training images")
     if not (frame["split"] == "val").any():
-        raise DataError(
+        raise TrainError(
             f"{split_csv}: no 'val' rows; training needs a validation split to choose the best "
             "checkpoint and to stop early (set split.val > 0)"
         )
@@ -88,7 +85,7 @@ class ImageSet(Dataset):
         if self.images is not None:
             return self.images[idx], self.labels[idx]
         assert self.paths is not None
-        arrays = [load_image(self.paths[i], self.size, error=DataError) for i in idx.tolist()]
+        arrays = [load_image(self.paths[i], self.size, error=TrainError) for i in idx.tolist()]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         return batch, self.labels[idx]
 
@@ -191,7 +188,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _size(self) -> int:
         if self.image_size is None:
             first = self.root / self.frame["image"].iloc[0]
-            self.image_size = int(load_image(first, None, error=DataError).shape[0])
+            self.image_size = int(load_image(first, None, error=TrainError).shape[0])
         return self.image_size
 
     def setup(self, stage: str | None = None) -> None:
@@ -212,7 +209,7 @@ class ImageDataModule(pl.LightningDataModule):
             if fits:
                 images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
                 for i, path in enumerate(paths):
-                    images[i] = torch.from_numpy(load_image(path, size, error=DataError)).permute(
+                    images[i] = torch.from_numpy(load_image(path, size, error=TrainError)).permute(
                         2, 0, 1
                     )
                 self.sets[split] = ImageSet(labels, images=images, size=size)

@@ -27,6 +27,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from ihcflow.files import write_json_atomic
+from ihcflow.training import TrainError
 from ihcflow.training import checkpoints as ckpts
 from ihcflow.training.baselines import fit_baseline
 from ihcflow.training.datamodule import ImageDataModule
@@ -91,10 +92,6 @@ def _expected_warnings(in_memory: bool, resuming: bool) -> Iterator[None]:
         yield
 
 
-class TrainConfigError(ValueError):
-    """The params ask for something this machine or install cannot do."""
-
-
 def check_accelerator(trainer: Mapping[str, Any]) -> None:
     """Fail early, in one line, when ``trainer=gpu``/``ddp`` meets a torch that sees no GPU."""
     accelerator = str(trainer.get("accelerator", "cpu")).lower()
@@ -104,7 +101,7 @@ def check_accelerator(trainer: Mapping[str, Any]) -> None:
             if torch.version.cuda is None
             else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
         )
-        raise TrainConfigError(
+        raise TrainError(
             f"trainer.accelerator is {accelerator!r} but torch {torch.__version__} is {why}: "
             "train with trainer=cpu, or install the CUDA build of torch into .venv (README)"
         )

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from ihcflow.model_format import INPUT_NAME, OUTPUT_NAMES
-from ihcflow.training.checkpoints import load_checkpoint, model_digest
+from ihcflow.training.checkpoints import CheckpointError, load_checkpoint, model_digest
 from ihcflow.training.module import CKPT_KEY, Normalize, scale_pixels
 from ihcflow.training.networks import ImageFeatures
 
@@ -81,7 +81,7 @@ class CheckpointPredictor:
             self.config: dict[str, Any] = dict(meta["config"])
             self.kind: str = str(meta["kind"])
         except KeyError as exc:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: checkpoint lacks {exc.args[0]!r} in {CKPT_KEY!r}"
             ) from None
         self.source = source
@@ -108,7 +108,7 @@ class CheckpointPredictor:
             # The estimator is a pickle: checkpoints are trusted files this pipeline wrote.
             self.estimator = pickle.loads(ckpt["estimator"])
         else:
-            raise ValueError(f"{source}: unknown model kind {self.kind!r}")
+            raise CheckpointError(f"{source}: unknown model kind {self.kind!r}")
 
     # -- inference -------------------------------------------------------------------------
 
