@@ -43,7 +43,7 @@ from ihcflow.files import sha256_bytes
 from ihcflow.images.codec import decode_rgb8, encode_png
 from ihcflow.images.features import image_features
 from ihcflow.images.prepare import preprocess_image, tune_malloc
-from ihcflow.preprocess import preprocess_dataset
+from ihcflow.preprocess import PreprocessParams, preprocess_dataset
 from ihcflow.validation import validate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,9 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     workers = args.workers or os.cpu_count() or 1
     tune_malloc()  # as the stage's main() does: the same allocator setting everywhere
-    cfg = OmegaConf.load(args.params)
-    if "preprocess" in cfg:  # a composed params.yaml
-        cfg = cfg.preprocess
+    loaded = OmegaConf.load(args.params)
+    cfg = PreprocessParams.from_section(loaded.preprocess if "preprocess" in loaded else loaded)
     n, extra = args.n, max(1, args.n // 100)
 
     work = Path(tempfile.mkdtemp(prefix="ihcflow-bench-"))

@@ -25,20 +25,17 @@ from ihcflow.training.fit import fit
 def run(
     params: DictConfig,
     *,
-    split_csv: Path,
+    split: Path,
     root: Path,
     checkpoints: Path,
-    live_dir: Path,
+    live: Path,
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Train from the whole params (sections seed, model, train, trainer, preprocess)."""
+    """Train from the whole params (sections seed, model, train, trainer, preprocess: the
+    checkpoint records them); writes the checkpoints and ``live`` (dvclive, summary.json) and
+    returns the summary."""
     return fit(
-        params,
-        split_csv=split_csv,
-        root=root,
-        ckpt_dir=checkpoints,
-        live_dir=live_dir,
-        callbacks=callbacks,
+        params, split_csv=split, root=root, ckpt_dir=checkpoints, live_dir=live, callbacks=callbacks
     )
 
 
@@ -66,16 +63,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # torch 2.13 deprecates a check Lightning 2.6 still makes (also filtered in pyproject)
     warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\).*", FutureWarning)
-    params = load_params(args.params)
     try:
         summary = run(
-            params,
-            split_csv=args.split,
+            load_params(args.params),
+            split=args.split,
             root=args.root,
             checkpoints=args.checkpoints,
-            live_dir=args.live,
+            live=args.live,
         )
-    except (PipelineError, KeyError) as exc:
+    except PipelineError as exc:
         raise SystemExit(f"train: {exc}") from None
     _print_summary(summary)
 

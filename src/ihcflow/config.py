@@ -69,9 +69,17 @@ def section(params: DictConfig | Mapping[str, Any], name: str, schema: type[T]) 
     return typed(node, schema, name)
 
 
+def seed(params: DictConfig | Mapping[str, Any]) -> int:
+    """The top-level ``seed``: one seed for everything random (split, augmentation, init)."""
+    value = params.get("seed")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"params `seed`: expected an integer, got {value!r}")
+    return value
+
+
 def _message(exc: OmegaConfBaseException, schema: type, where: str) -> str:
     key = getattr(exc, "full_key", "") or ""
-    name = f"{where}.{key}" if key else where
+    name = ".".join(part for part in (where, key) if part)
     text = str(exc).splitlines()[0]
     if "not in" in text and "Key" in text:
         known = ", ".join(_field_names(schema, key))

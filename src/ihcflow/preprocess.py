@@ -30,19 +30,19 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
 import cv2
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
+from ihcflow.config import typed
 from ihcflow.errors import PipelineError
 from ihcflow.files import atomic_dir, atomic_path, params_hash, sha256_bytes
 from ihcflow.images.codec import ImageError, encode_png, png_params
 from ihcflow.images.features import FEATURE_COLUMNS
-from ihcflow.images.prepare import check_params, prepare_image, tune_malloc
+from ihcflow.images.prepare import ImageParams, check_params, prepare_image, tune_malloc
 from ihcflow.tables import FEATURE_FLAGS, FEATURES, MANIFEST, image_file
 
 # Bump when an operation's output changes for the same params, so old cache entries miss.
@@ -50,7 +50,6 @@ CACHE_VERSION = 1
 # Output PNG encoding: zlib level 1, fast filters (ihcflow.images.codec.png_params); the bytes are
 # deterministic, so processed_sha256 is reproducible.
 PNG_PARAMS = png_params(1, fast=True)
-NON_PIXEL_PARAMS = ("workers", "cache_dir")  # how the work runs, not what it produces
 MANIFEST_COLUMNS = MANIFEST.columns[:4]  # what this stage reads: path, class, given_split, sha256
 OUTPUT_COLUMNS = [*FEATURES.columns, *FEATURE_COLUMNS, *FEATURE_FLAGS]
 RECORDS_NAME = "records.json"
@@ -72,21 +71,27 @@ class _Task:
     cache: str | None  # the cache entry's PNG, None without a cache
 
 
-def pixel_params(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the ``preprocess`` params that decides the output pixels."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    return {k: v for k, v in dict(cfg).items() if k not in NON_PIXEL_PARAMS}
+@dataclass
+class PreprocessParams(ImageParams):
+    """The ``preprocess`` params section: the pixels (:class:`ImageParams`) and how the stage
+    runs (conf/preprocess/default.yaml)."""
+
+    workers: int  # processes; 0 = all cores
+    cache_dir: str | None  # keyed by content hash + the pixel params; None: no cache
+
+    @classmethod
+    def from_section(cls, node: Any, where: str = "preprocess") -> PreprocessParams:
+        return typed(node, cls, where)
 
 
-def cache_key(cfg: Mapping[str, Any]) -> str:
+def cache_key(params: ImageParams) -> str:
     """Hash of the pixel params and the code/encoding versions: one cache folder per value."""
-    return params_hash(
-        {"params": pixel_params(cfg), "version": CACHE_VERSION, "png": list(PNG_PARAMS)}
-    )
+    pixels = {f.name: getattr(params, f.name) for f in fields(ImageParams)}
+    return params_hash({"params": asdict(ImageParams(**pixels)), "version": CACHE_VERSION,
+                        "png": list(PNG_PARAMS)})  # fmt: skip
 
 
-def process_file(source: str | Path, sha256: str, params: Mapping[str, Any]) -> tuple[bytes, dict]:
+def process_file(source: str | Path, sha256: str, params: ImageParams) -> tuple[bytes, dict]:
     """Decode one raw file and return its PNG bytes and record (features, flags, hash)."""
     data = Path(source).read_bytes()
     actual = sha256_bytes(data)
@@ -123,7 +128,7 @@ def _publish(src: str, dst: str) -> None:
         raise
 
 
-def _run_task(task: _Task, params: Mapping[str, Any]) -> dict:
+def _run_task(task: _Task, params: ImageParams) -> dict:
     try:
         png, record = process_file(task.source, task.sha256, params)
     except PreprocessError:
@@ -139,17 +144,17 @@ def _run_task(task: _Task, params: Mapping[str, Any]) -> dict:
     return record
 
 
-_WORKER_PARAMS: dict[str, Any] = {}
+_WORKER_PARAMS: list[ImageParams] = []  # the params of this worker process
 
 
-def _init_worker(params: dict[str, Any]) -> None:
+def _init_worker(params: ImageParams) -> None:
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
     tune_malloc()
-    _WORKER_PARAMS.update(params)
+    _WORKER_PARAMS[:] = [params]
 
 
 def _run_chunk(tasks: Sequence[_Task]) -> list[tuple[str, dict]]:
-    return [(t.sha256, _run_task(t, _WORKER_PARAMS)) for t in tasks]
+    return [(t.sha256, _run_task(t, _WORKER_PARAMS[0])) for t in tasks]
 
 
 def _chunks(items: Sequence[_Task], size: int) -> Iterator[Sequence[_Task]]:
@@ -158,7 +163,7 @@ def _chunks(items: Sequence[_Task], size: int) -> Iterator[Sequence[_Task]]:
 
 
 def _process(
-    tasks: Sequence[_Task], params: dict[str, Any], workers: int
+    tasks: Sequence[_Task], params: ImageParams, workers: int
 ) -> Iterable[tuple[str, dict]]:
     """Yield ``(sha256, record)`` as tasks finish; at most a few chunks are in flight."""
     if not tasks:
@@ -251,23 +256,22 @@ def preprocess_dataset(
     manifest: pd.DataFrame,
     data_dir: str | Path,
     out_dir: str | Path,
-    cfg: Mapping[str, Any],
+    params: ImageParams,
     *,
     cache_dir: str | Path | None,
     workers: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Preprocess every manifest image into ``out_dir/<sha256>.png`` (rebuilt atomically).
 
-    ``cfg`` is the ``preprocess`` params section. ``cache_dir=None`` disables the cache.
+    ``cache_dir=None`` disables the cache.
     ``workers=0`` uses every core; worker processes start with ``forkserver``, so a script
     calling this needs the usual ``if __name__ == "__main__":`` guard. Returns the features
     table (``OUTPUT_COLUMNS``, in manifest order) and run statistics.
     """
     start = time.perf_counter()
     _check_manifest(manifest)
-    params = pixel_params(cfg)
     check_params(params)
-    key = cache_key(cfg)
+    key = cache_key(params)
     workers = int(workers) or os.cpu_count() or 1
     entries = Path(cache_dir) / key if cache_dir is not None else None
     known, journals = _read_records(entries) if entries is not None else ({}, [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
@@ -29,6 +30,16 @@ from ihcflow.tables import (
     image_file,
     read_table,
 )
+
+
+@dataclass
+class SplitParams:
+    """The ``split`` params section (conf/split/default.yaml)."""
+
+    val: float  # fraction for validation (layout 2: of the given train set)
+    test: float  # fraction for test (layout 1 only)
+    group_pattern: str | None  # regex on the file name; its first group is the patient/slide
+    groups_file: str | None  # path,group table relative to the data folder
 
 
 class SplitError(PipelineError):

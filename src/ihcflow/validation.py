@@ -38,6 +38,16 @@ MAX_CHUNK = 64  # files per task sent to a worker: big enough to amortise the ro
 
 
 @dataclass
+class ValidateParams:
+    """The ``validate`` params section (conf/validate/default.yaml)."""
+
+    policy: str  # skip: drop bad files and report them; fail: list every bad file, no manifest
+    max_pixels: int  # refuse larger images before decoding
+    max_bytes: int  # refuse larger files without reading them
+    min_per_class: int  # a class with fewer valid images is an error
+
+
+@dataclass
 class ValidationResult:
     manifest: pd.DataFrame  # one row per accepted image, MANIFEST.columns, sorted by path
     report: dict[str, Any]  # the content of reports/data/validation.json
@@ -257,12 +267,12 @@ def validate_dataset(
     ``if __name__ == "__main__":`` guard.
     """
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        raise DatasetError(f"policy must be one of {POLICIES}, got {policy!r}")
     for name, value in (("max_pixels", max_pixels), ("max_bytes", max_bytes)):
         if value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+            raise DatasetError(f"{name} must be > 0, got {value}")
     if min_per_class < 1:
-        raise ValueError(f"min_per_class must be >= 1, got {min_per_class}")
+        raise DatasetError(f"min_per_class must be >= 1, got {min_per_class}")
     root = Path(data_dir)
     layout = discover(root)
     entries = {e.path: e for e in layout.entries}

@@ -21,7 +21,7 @@ from ihcflow.monitoring.cli import main
 from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain
 from ihcflow.monitoring.sources import load_model
 from tests.conftest import PBC_SAMPLE
-from tests.helpers import write_logs
+from tests.helpers import plain_preprocess, write_logs
 from tests.integration.test_register import (
     PASSING,
     TinyPredictor,
@@ -256,22 +256,7 @@ def test_the_ihcflow_command_has_drift(project: Path) -> None:
 
 # ---------------------------------------------------------------------- with a registered model
 
-PREPROCESS = {
-    "size": SIZE,
-    "interpolation": "area",
-    "resize_early": True,
-    "denoise": {"method": "none", "ksize": 3, "sigma_color": 40, "sigma_space": 5},
-    "auto_correct": {
-        "enabled": False,
-        "min_brightness": 0.45,
-        "max_brightness": 0.92,
-        "min_contrast": 0.1,
-        "percentiles": [1, 99],
-        "clahe_clip": 0.0,
-        "clahe_tiles": 8,
-    },
-    "stain_norm": {"method": "none"},
-}
+PREPROCESS = plain_preprocess(SIZE)
 
 
 @pytest.fixture(scope="module")

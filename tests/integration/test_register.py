@@ -18,6 +18,7 @@ import torch
 
 from ihcflow import model_format
 from ihcflow.dataset import load_images
+from ihcflow.evaluation import EvaluateParams, Misclassified
 from ihcflow.files import sha256_file
 from ihcflow.images.codec import read_rgb8
 from ihcflow.model_format import model_input
@@ -130,27 +131,22 @@ def evaluate_tiny(
     ckpt = root / "models/checkpoints/best.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": predictor.net.state_dict(), "config": predictor.config}, ckpt)
-    evaluate = load_stage("evaluate")
-    params = {
-        "split": "test",
-        "batch_size": batch_size,
-        "misclassified": {"max_images": max_images, "columns": 2},
-    }
-    result = evaluate.run(predictor, params, split_csv=root / "processed/split.csv", root=root)
-    shown = evaluate.write_outputs(
-        result,
+    params = EvaluateParams("test", batch_size, Misclassified(max_images=max_images, columns=2))
+    result = load_stage("evaluate").run(
         params,
+        checkpoint=ckpt,
+        split=root / "processed/split.csv",
         root=root,
-        input_size=SIZE,
-        metrics_path=root / "reports/metrics.json",
-        predictions_path=root / "reports/predictions.csv",
+        metrics=root / "reports/metrics.json",
+        predictions=root / "reports/predictions.csv",
         plots_dir=root / "reports/plots",
+        predictor=predictor,
     )
     return {
         "root": root,
         "predictor": predictor,
         "ckpt": ckpt,
-        "shown": shown,
+        "shown": result.shown,
         "metrics": result.metrics,
     }
 

@@ -22,14 +22,17 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from ihcflow.files import write_csv_atomic
+from ihcflow.config import typed
 from ihcflow.images.features import FEATURE_COLUMNS
 from ihcflow.prediction_log import read_log
+from ihcflow.preprocess import PreprocessParams
+from ihcflow.split import SplitParams
+from ihcflow.validation import ValidateParams
 from tests.conftest import REPO
+from tests.helpers import conf_section
 from tests.integration.test_register import (
     TinyPredictor,
     evaluate_tiny,
@@ -66,32 +69,39 @@ def write_raw_images(data: Path, per_class: int = 20, seed: int = 0) -> None:
             image.save(data / cls / f"P{j:02d}_{cls}.{fmt}", **options)
 
 
-def conf_section(name: str) -> dict[str, Any]:
-    loaded = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / name / "default.yaml"))
-    assert isinstance(loaded, dict)
-    return loaded
-
-
 def build_registered_model(root: Path) -> dict[str, Any]:
     """validate -> preprocess -> split -> (tiny) train -> evaluate -> register, as the stages do."""
     data = root / "data"
     write_raw_images(data)
-    result = load_stage("validate").run(data, conf_section("validate"), workers=1)
     manifest = root / "processed/manifest.csv"
-    write_csv_atomic(manifest, result.manifest)
-    preprocess = {**conf_section("preprocess"), "size": SIZE, "workers": 1, "cache_dir": None}
-    features, _ = load_stage("preprocess").run(
-        preprocess, data, manifest, root / "processed/images", workers=1
+    features = root / "reports/data/features.csv"
+    images = root / "processed/images"
+    load_stage("validate").run(
+        typed(conf_section("validate"), ValidateParams, "validate"),
+        data=data,
+        manifest=manifest,
+        report=root / "reports/data/validation.json",
+        workers=1,
     )
-    write_csv_atomic(root / "reports/data/features.csv", features)
-    table, _ = load_stage("split").run(
-        conf_section("split"),
+    preprocess = {**conf_section("preprocess"), "size": SIZE, "workers": 1, "cache_dir": None}
+    load_stage("preprocess").run(
+        PreprocessParams.from_section(preprocess),
+        data=data,
+        manifest=manifest,
+        images=images,
+        features=features,
+        report=root / "reports/data/preprocess.json",
+    )
+    load_stage("split").run(
+        typed(conf_section("split"), SplitParams, "split"),
         seed=42,
         manifest=manifest,
-        features=root / "reports/data/features.csv",
-        data_dir=data,
+        features=features,
+        data=data,
+        images=images.relative_to(root),
+        out=root / "processed/split.csv",
+        report=root / "reports/data/split.json",
     )
-    write_csv_atomic(root / "processed/split.csv", table)
 
     predictor = TinyPredictor(train_tiny(root))
     predictor.config["preprocess"] = preprocess  # what the train stage records

@@ -54,10 +54,10 @@ def train(toy_data: Path, tmp_path: Path) -> Train:
     def run(*overrides: str, name: str = "run", callbacks=(), root: Path = toy_data) -> dict:
         return stage.run(
             make_cfg(*overrides),
-            split_csv=root / "processed" / "split.csv",
+            split=root / "processed" / "split.csv",
             root=root,
             checkpoints=tmp_path / name / "checkpoints",
-            live_dir=tmp_path / name / "live",
+            live=tmp_path / name / "live",
             callbacks=callbacks,
         )
 

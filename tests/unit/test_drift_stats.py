@@ -222,12 +222,3 @@ def test_params_reject_unknown_keys_and_bad_values() -> None:
         DriftParams(drift_share=0.0)
     with pytest.raises(ValueError, match="drift.features"):
         DriftParams(features=("brightness", "colourfulness"))
-
-
-def test_conf_defaults_are_the_code_defaults() -> None:
-    from omegaconf import OmegaConf
-
-    from tests.conftest import REPO
-
-    conf = OmegaConf.to_container(OmegaConf.load(REPO / "conf/drift/default.yaml"))
-    assert DriftParams.from_mapping(conf) == DriftParams()  # type: ignore[arg-type]

@@ -13,9 +13,16 @@ import pytest
 from omegaconf import OmegaConf
 
 import ihcflow.preprocess as pp
+from ihcflow.config import ConfigError
 from ihcflow.files import sha256_file
 from ihcflow.images.codec import read_rgb8
-from ihcflow.preprocess import OUTPUT_COLUMNS, PreprocessError, cache_key, preprocess_dataset
+from ihcflow.preprocess import (
+    OUTPUT_COLUMNS,
+    PreprocessError,
+    PreprocessParams,
+    cache_key,
+    preprocess_dataset,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 24
@@ -64,7 +71,8 @@ def cfg():
 
 def _run(data: Path, out: Path, cfg, cache: Path | None, workers: int = 1, manifest=None):
     manifest = _manifest(data) if manifest is None else manifest
-    return preprocess_dataset(manifest, data, out, cfg, cache_dir=cache, workers=workers)
+    params = PreprocessParams.from_section(cfg)
+    return preprocess_dataset(manifest, data, out, params, cache_dir=cache, workers=workers)
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
@@ -88,7 +96,7 @@ def test_outputs_and_features_follow_the_contract(tmp_path, data, cfg) -> None:
     assert stats["n"] == stats["n_processed"] == 10 and stats["n_cached"] == 0
     assert stats["n_corrected"] == int(features["corrected"].sum())
     assert stats["n_stain_normalized"] == 0
-    assert stats["params_hash"] == cache_key(cfg)
+    assert stats["params_hash"] == cache_key(PreprocessParams.from_section(cfg))
     assert stats["images_per_s"] > 0
 
 
@@ -142,7 +150,7 @@ def test_interrupted_cache_entries_are_ignored(tmp_path, data, cfg) -> None:
     features, _ = _run(data, out, cfg, cache)
     before = _outputs(out)
     shas = features["sha256"].tolist()
-    entries = cache / cache_key(cfg)
+    entries = cache / cache_key(PreprocessParams.from_section(cfg))
     records = json.loads((entries / "records.json").read_text())
     # a run killed after publishing an image but before recording it
     del records[shas[0]]
@@ -174,7 +182,9 @@ def test_lost_cache_records_only_cost_time(tmp_path, data, cfg) -> None:
     out, cache = tmp_path / "out", tmp_path / "cache"
     _run(data, out, cfg, cache)
     before = _outputs(out)
-    (cache / cache_key(cfg) / "records.json").write_text('{"truncated": ')
+    (cache / cache_key(PreprocessParams.from_section(cfg)) / "records.json").write_text(
+        '{"truncated": '
+    )
     _, stats = _run(data, out, cfg, cache)
     assert stats["n_processed"] == 10
     assert _outputs(out) == before
@@ -233,7 +243,7 @@ def test_undecodable_file_is_named_and_old_outputs_survive(tmp_path, data, cfg) 
 )
 def test_bad_params_are_refused_before_any_work(tmp_path, data, cfg, change, message) -> None:
     cfg = OmegaConf.merge(cfg, change)
-    with pytest.raises(ValueError, match=f"preprocess params: {message}"):
+    with pytest.raises(ConfigError, match=f"params `preprocess`: {message}"):
         _run(data, tmp_path / "out", cfg, tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
@@ -280,4 +290,11 @@ def test_stage_writes_the_documented_outputs(tmp_path, data, cfg, capsys) -> Non
 
 def test_stage_without_manifest_says_what_to_run(tmp_path, cfg) -> None:
     with pytest.raises(PreprocessError, match=r"manifest not found \(run the validate stage"):
-        _stage().run(cfg, tmp_path / "data", tmp_path / "manifest.csv", tmp_path / "out")
+        _stage().run(
+            PreprocessParams.from_section(cfg),
+            data=tmp_path / "data",
+            manifest=tmp_path / "manifest.csv",
+            images=tmp_path / "out",
+            features=tmp_path / "features.csv",
+            report=tmp_path / "report.json",
+        )

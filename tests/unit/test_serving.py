@@ -30,19 +30,11 @@ from ihcflow.prediction_log import PredictionLog, iso_z, read_log
 from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
 from ihcflow.serving.settings import available_cpus, parse_size
 from tests.conftest import REPO
+from tests.helpers import plain_preprocess
 
 CLASSES = ["neg", "pos", "mixed"]
 SIZE = 8
-PREPROCESS = {
-    "size": SIZE,
-    "interpolation": "area",
-    "resize_early": True,
-    "denoise": {"method": "none", "ksize": 3, "sigma_color": 40, "sigma_space": 5},
-    "auto_correct": {"enabled": False, "min_brightness": 0.45, "max_brightness": 0.92,
-                     "min_contrast": 0.1, "percentiles": [1, 99], "clahe_clip": 0.0,
-                     "clahe_tiles": 8},
-    "stain_norm": {"method": "none"},
-}  # fmt: skip
+PREPROCESS = plain_preprocess(SIZE)
 
 
 # --- a registered model without torch ---------------------------------------------------------
@@ -279,7 +271,7 @@ def test_model_folder_problems_are_named(tmp_path: Path) -> None:
     (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes() + b"\0")
     with pytest.raises(ModelLoadError, match="does not match model.json"):
         ServedModel.load(folder)
-    with pytest.raises(ModelLoadError, match=r"preprocess params lack \['interpolation'"):
+    with pytest.raises(ModelLoadError, match=r"preprocess.interpolation`: missing"):
         ServedModel.load(write_model(tmp_path / "b", preprocess={"size": SIZE}))
     with pytest.raises(ModelLoadError, match="differs from input_size 16"):
         ServedModel.load(write_model(tmp_path / "c", input_size=16))

@@ -8,9 +8,17 @@ import pandas as pd
 import pytest
 import torch
 
+from ihcflow.config import ConfigError, typed
 from ihcflow.training import TrainError
-from ihcflow.training.augment import Augment, RandColorJitter, RandFlipRot90, RandStainJitter
+from ihcflow.training.augment import (
+    Augment,
+    AugmentParams,
+    RandColorJitter,
+    RandFlipRot90,
+    RandStainJitter,
+)
 from ihcflow.training.datamodule import EpochSampler, read_training_split
+from tests.helpers import conf_section
 
 
 def _batch(n: int = 16, size: int = 8) -> torch.Tensor:
@@ -30,8 +38,11 @@ def test_flips_and_rotations_only_move_pixels() -> None:
 
 def test_augmentation_is_reproducible_from_the_generator() -> None:
     aug = Augment(
-        {"hflip": 0.5, "vflip": 0.5, "rot90": True, "stain_sigma": 0.05, "brightness": 0.1}
-    )
+        AugmentParams(
+            hflip=0.5, vflip=0.5, rot90=True, stain_sigma=0.05, stain_bias=0.0,
+            brightness=0.1, contrast=0.0, saturation=0.0,
+        )
+    )  # fmt: skip
     x = _batch()
     a = aug(x, torch.Generator().manual_seed(7))
     b = aug(x, torch.Generator().manual_seed(7))
@@ -55,8 +66,9 @@ def test_colour_jitter_keeps_range() -> None:
 
 
 def test_augment_rejects_unknown_keys_and_bad_values() -> None:
-    with pytest.raises(ValueError, match="unknown key"):
-        Augment({"hflp": 0.5})
+    augment = {**conf_section("train")["augment"], "hflp": 0.5}
+    with pytest.raises(ConfigError, match=r"params `train.augment.hflp`: unknown key"):
+        typed(augment, AugmentParams, "train.augment")
     with pytest.raises(ValueError, match="hflip probability is 1.5"):
         RandFlipRot90(hflip=1.5)
     with pytest.raises(ValueError, match=r"expected a batch \(N, 3, H, W\)"):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ihcflow.config import ConfigError, plain, typed
 from ihcflow.images.codec import DEFAULT_MAX_PIXELS, decode_rgb8
 from ihcflow.images.features import image_features
 from ihcflow.images.ops import (
@@ -27,84 +29,125 @@ from ihcflow.images.ops import (
 )
 
 STAIN_METHODS = ("none", "reinhard", "macenko")
-PREPROCESS_KEYS = ("size", "interpolation", "denoise", "auto_correct", "stain_norm")
+NON_PIXEL_PARAMS = ("workers", "cache_dir")  # how the preprocess stage runs, not what it makes
 
 
-def preprocess_image(rgb: np.ndarray, cfg: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, bool]]:
+@dataclass
+class Denoise:
+    method: str  # none | median | gaussian | bilateral
+    ksize: int
+    sigma_color: float  # bilateral only
+    sigma_space: float
+
+
+@dataclass
+class AutoCorrect:
+    enabled: bool
+    min_brightness: float
+    max_brightness: float
+    min_contrast: float
+    percentiles: list[float]
+    clahe_clip: float
+    clahe_tiles: int
+
+
+@dataclass
+class StainNorm:
+    method: str  # none | reinhard | macenko
+    target_means: list[float]  # Reinhard
+    target_stds: list[float]
+    background_l: float
+    reference: str  # Macenko
+    alpha: float
+    beta: float
+    max_gain: float
+
+
+@dataclass
+class ImageParams:
+    """The part of the ``preprocess`` params that decides the pixels (conf/preprocess/ says
+    what each value does); ``model.json`` records them for the server."""
+
+    size: int
+    interpolation: str
+    resize_early: bool
+    denoise: Denoise
+    auto_correct: AutoCorrect
+    stain_norm: StainNorm
+
+    @classmethod
+    def from_section(cls, node: Any, where: str = "preprocess") -> ImageParams:
+        """From a ``preprocess`` section (``workers`` and ``cache_dir`` are ignored)."""
+        data = plain(node)
+        if isinstance(data, Mapping):
+            data = {k: v for k, v in data.items() if k not in NON_PIXEL_PARAMS}
+        return typed(data, cls, where)
+
+
+def preprocess_image(rgb: np.ndarray, params: ImageParams) -> tuple[np.ndarray, dict[str, bool]]:
     """Prepare one image for the model: denoise -> auto_correct -> stain_norm -> resize.
 
-    ``cfg`` is the ``preprocess`` params section (a dict or DictConfig). With
-    ``resize_early`` (the default) an image that is being shrunk is resized right after
-    denoising: auto_correct and stain_norm are global colour maps, so they give nearly the
-    same result on the small image at a fraction of the cost, and their thresholds are then
-    judged on the image the model sees. Denoising always runs at native resolution (a median
-    removes single-pixel specks there; after shrinking they would be smeared instead).
-    Returns the ``size x size`` RGB image and what was applied: ``denoised``, ``corrected``,
+    With ``resize_early`` an image that is being shrunk is resized right after denoising:
+    auto_correct and stain_norm are global colour maps, so they give nearly the same result on
+    the small image at a fraction of the cost, and their thresholds are then judged on the
+    image the model sees. Denoising always runs at native resolution (a median removes
+    single-pixel specks there; after shrinking they would be smeared instead). Returns the
+    ``size x size`` RGB image and what was applied: ``denoised``, ``corrected``,
     ``stain_normalized``, ``resized_early``.
     """
     check_rgb(rgb)
-    missing = [key for key in PREPROCESS_KEYS if key not in cfg]
-    if missing:
-        raise ValueError(f"preprocess params lack {missing} (have {sorted(cfg)})")
-    size, interpolation = int(cfg["size"]), str(cfg["interpolation"])
+    size, interpolation = params.size, params.interpolation
     shrinking = rgb.shape[0] * rgb.shape[1] > size * size
-    dn = cfg["denoise"]
-    out = denoise(rgb, dn["method"], dn["ksize"], dn["sigma_color"], dn["sigma_space"])
+    dn = params.denoise
+    out = denoise(rgb, dn.method, dn.ksize, dn.sigma_color, dn.sigma_space)
     applied = {
         "denoised": out is not rgb,
         "corrected": False,
         "stain_normalized": False,
-        "resized_early": shrinking and bool(cfg.get("resize_early", True)),
+        "resized_early": shrinking and params.resize_early,
     }
     if applied["resized_early"]:
         out = resize(out, size, interpolation)
-    ac = cfg["auto_correct"]
-    if ac["enabled"]:
+    ac = params.auto_correct
+    if ac.enabled:
         out, applied["corrected"] = auto_correct(
             out,
-            min_brightness=float(ac["min_brightness"]),
-            max_brightness=float(ac["max_brightness"]),
-            min_contrast=float(ac["min_contrast"]),
-            percentiles=[float(p) for p in ac["percentiles"]],
-            clahe_clip=float(ac["clahe_clip"]),
-            clahe_tiles=int(ac["clahe_tiles"]),
+            min_brightness=ac.min_brightness,
+            max_brightness=ac.max_brightness,
+            min_contrast=ac.min_contrast,
+            percentiles=ac.percentiles,
+            clahe_clip=ac.clahe_clip,
+            clahe_tiles=ac.clahe_tiles,
         )
-    sn = cfg["stain_norm"]
-    method = sn["method"]
-    if method == "reinhard":
+    sn = params.stain_norm
+    if sn.method == "reinhard":
         out, applied["stain_normalized"] = reinhard_normalize(
-            out,
-            [float(v) for v in sn["target_means"]],
-            [float(v) for v in sn["target_stds"]],
-            background_l=float(sn.get("background_l", 230.0)),
+            out, sn.target_means, sn.target_stds, background_l=sn.background_l
         )
-    elif method == "macenko":
+    elif sn.method == "macenko":
         out, applied["stain_normalized"] = macenko_normalize(
-            out,
-            reference=str(sn.get("reference", "hdab")),
-            alpha=float(sn.get("alpha", 1.0)),
-            beta=float(sn.get("beta", 0.15)),
-            max_gain=float(sn.get("max_gain", 2.0)),
+            out, reference=sn.reference, alpha=sn.alpha, beta=sn.beta, max_gain=sn.max_gain
         )
-    elif method != "none":
-        raise ValueError(f"stain_norm method {method!r} unknown, expected one of {STAIN_METHODS}")
+    elif sn.method != "none":
+        raise ValueError(
+            f"stain_norm method {sn.method!r} unknown, expected one of {STAIN_METHODS}"
+        )
     return resize(out, size, interpolation), applied
 
 
-def check_params(cfg: Mapping[str, Any]) -> None:
-    """Fail early, naming the problem, if ``preprocess_image`` cannot run with ``cfg``."""
+def check_params(params: ImageParams) -> None:
+    """Fail early, naming the problem, if ``preprocess_image`` cannot run with ``params``
+    (the types are checked when they are read; this catches the values)."""
     try:
-        preprocess_image(np.full((64, 64, 3), 128, np.uint8), cfg)
-    except KeyError as exc:
-        raise ValueError(f"preprocess params: missing key {exc}") from None
+        preprocess_image(np.full((64, 64, 3), 128, np.uint8), params)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"preprocess params: {exc}") from None
+        raise ConfigError(f"params `preprocess`: {exc}") from None
 
 
 def prepare_image(
     data: bytes,
     source: str,
-    params: Mapping[str, Any],
+    params: ImageParams,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strict: bool = False,

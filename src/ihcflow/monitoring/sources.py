@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ihcflow.config import ConfigError
 from ihcflow.dataset import load_images, read_split, split_rows
 from ihcflow.errors import PipelineError
 from ihcflow.files import atomic_path, sha256_bytes, sha256_file
 from ihcflow.images.codec import IMAGE_SUFFIXES, decode_rgb8
 from ihcflow.images.features import FEATURE_COLUMNS, image_features
+from ihcflow.images.prepare import ImageParams, check_params, prepare_image
 from ihcflow.model_format import OnnxModel, model_files, read_model_info
 from ihcflow.prediction_log import LOG_GLOB, log_file_day, log_files, read_records
 from ihcflow.tables import FEATURES, read_table
@@ -491,17 +493,15 @@ def image_files(folder: str | Path) -> tuple[list[Path], int]:
     return files, others
 
 
-def _decoded(files: Sequence[Path], model: Model | None) -> Iterator[tuple[Path, Any]]:
-    from ihcflow.images.prepare import prepare_image
-
+def _decoded(files: Sequence[Path], params: ImageParams | None) -> Iterator[tuple[Path, Any]]:
     for path in files:
         try:
             data = path.read_bytes()
-            if model is None:
+            if params is None:
                 rgb, _ = decode_rgb8(data, str(path), strict=True)
                 yield path, (None, image_features(rgb))
             else:
-                out, feats, _ = prepare_image(data, str(path), model.preprocess, strict=True)
+                out, feats, _ = prepare_image(data, str(path), params, strict=True)
                 yield path, (out, feats)
         except (OSError, ValueError) as exc:  # ImageError is a ValueError
             yield path, exc
@@ -514,12 +514,12 @@ def read_image_folder(
     ``folder``: decoded, measured before correction, and prepared exactly like the server's
     uploads. Unreadable images are left out and listed."""
     folder = Path(folder)
+    params = None
     if model is not None:
-        from ihcflow.images.prepare import check_params
-
         try:
-            check_params(model.preprocess)
-        except ValueError as exc:
+            params = ImageParams.from_section(model.preprocess)
+            check_params(params)
+        except ConfigError as exc:
             raise DriftInputError(
                 f"{model_files(model.path)[1]}: new images cannot be prepared like the "
                 f"training images: {exc}"
@@ -535,7 +535,7 @@ def read_image_folder(
     prepared: list[np.ndarray] = []
     problems: list[str] = []
     unreadable = 0
-    for path, result in _decoded(files, model):
+    for path, result in _decoded(files, params):
         if isinstance(result, Exception):
             unreadable += 1
             if len(problems) < MAX_EXAMPLES:

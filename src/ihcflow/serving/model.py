@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ihcflow.config import ConfigError
 from ihcflow.images.codec import ImageError, probe
-from ihcflow.images.prepare import PREPROCESS_KEYS, check_params, prepare_image
+from ihcflow.images.prepare import ImageParams, check_params, prepare_image
 from ihcflow.model_format import (
     ModelFormatError,
     OnnxModel,
@@ -48,17 +49,13 @@ def read_servable(model_dir: str | Path) -> dict[str, Any]:
         missing_hint="run the register stage, or set --model-dir / IHCFLOW_MODEL_DIR to the "
         "folder holding model.onnx and model.json",
     )
-    path = model_files(model_dir)[1]
-    lacking = [k for k in PREPROCESS_KEYS if k not in info["preprocess"]]
-    if lacking:
-        raise ModelLoadError(
-            f"{path}: the recorded preprocess params lack {lacking}, so uploads cannot be "
-            "prepared like the training images; register a model trained by the pipeline"
-        )
     try:
-        check_params(info["preprocess"])
-    except ValueError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
+        check_params(ImageParams.from_section(info["preprocess"]))
+    except ConfigError as exc:
+        raise ModelLoadError(
+            f"{model_files(model_dir)[1]}: {exc}: uploads cannot be prepared like the training "
+            "images (register a model trained by the pipeline)"
+        ) from None
     return info
 
 
@@ -71,7 +68,7 @@ class ServedModel:
         self.version = str(info["version"])
         self.class_names = [str(c) for c in info["class_names"]]
         self.input_size = int(info["input_size"])
-        self.preprocess = dict(info["preprocess"])
+        self.image_params = ImageParams.from_section(info["preprocess"])
         self.runner = runner
         probs, embedding = self.predict(
             np.zeros((1, self.input_size, self.input_size, 3), np.uint8)
@@ -107,7 +104,7 @@ class ServedModel:
                 f"{info.format} images are not accepted (send {', '.join(SERVED_FORMATS)})",
             )
         image, features, applied = prepare_image(
-            data, source, self.preprocess, max_pixels=max_pixels, strict=True
+            data, source, self.image_params, max_pixels=max_pixels, strict=True
         )
         return Prepared(image, features, applied, info.format)
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ihcflow.config import ConfigError
 from ihcflow.errors import PipelineError
 from ihcflow.files import params_hash, sha256_file, write_bytes_atomic
 from ihcflow.training.module import CKPT_KEY
@@ -47,7 +48,7 @@ def run_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         data = dict(cfg)
     missing = [s for s in CONFIG_SECTIONS if s not in data]
     if missing:
-        raise KeyError(f"params: missing section(s) {missing} needed by train")
+        raise ConfigError(f"params: missing section(s) {missing} needed by train")
     return {s: data[s] for s in CONFIG_SECTIONS}
 
 

@@ -9,7 +9,7 @@ of the training split) happens inside the model, so the checkpoint and the ONNX 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ihcflow.dataset import load_image, read_split
 from ihcflow.training import TrainError
-from ihcflow.training.augment import Augment
+from ihcflow.training.augment import Augment, AugmentParams
 from ihcflow.training.module import scale_pixels
 
 IMBALANCE_MODES = ("none", "class_weights", "balanced_sampler")
@@ -131,22 +131,24 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(
         self,
         split_csv: str | os.PathLike[str],
-        root: str | os.PathLike[str] = ".",
+        root: str | os.PathLike[str],
         *,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int | str = "auto",
-        augment: Mapping[str, Any] | None = None,
-        imbalance: str = "class_weights",
-        seed: int = 0,
-        image_size: int | None = None,
-        in_memory_max_bytes: int = 2_000_000_000,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int | str,
+        augment: AugmentParams | None,
+        imbalance: str,
+        seed: int,
+        image_size: int | None,
+        in_memory_max_bytes: int,
     ) -> None:
+        """Every argument is a ``train`` param (``fit.build_datamodule``), none has a default
+        of its own."""
         super().__init__()
         if imbalance not in IMBALANCE_MODES:
-            raise ValueError(f"train.imbalance is {imbalance!r}, expected one of {IMBALANCE_MODES}")
+            raise TrainError(f"train.imbalance is {imbalance!r}, expected one of {IMBALANCE_MODES}")
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
+            raise TrainError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
         self.split_csv = Path(split_csv)
         self.root = Path(root)
         self.batch_size = batch_size
@@ -243,7 +245,7 @@ class ImageDataModule(pl.LightningDataModule):
             return 0 if self.in_memory else max(1, min(4, (os.cpu_count() or 1) - 1))
         workers = int(self.num_workers_cfg)
         if workers < 0:
-            raise ValueError(f"train.num_workers is {workers}, expected >= 0 or 'auto'")
+            raise TrainError(f"train.num_workers is {workers}, expected >= 0 or 'auto'")
         return workers
 
     def _loader(self, split: str, train: bool) -> DataLoader:
