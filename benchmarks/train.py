@@ -33,13 +33,13 @@ from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]  # ihcflow, and tests.helpers for generated data
 
 from ihcflow.training.datamodule import ImageDataModule  # noqa: E402
 from ihcflow.training.fit import StepTimer, build_datamodule, build_module  # noqa: E402
 from ihcflow.training.module import ImageClassifier  # noqa: E402
 from ihcflow.training.params import TrainRun  # noqa: E402
-from ihcflow.training.toydata import write_toy_split  # noqa: E402
+from tests.helpers.data import write_toy_split  # noqa: E402
 
 
 def plain_epoch(module: ImageClassifier, dm: ImageDataModule, opt, sched, epoch: int) -> dict:

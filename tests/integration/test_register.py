@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,81 +16,14 @@ import torch
 
 from ihcflow import model_format
 from ihcflow.dataset import load_images
-from ihcflow.evaluation import EvaluateParams, Misclassified
 from ihcflow.files import sha256_file
 from ihcflow.images.codec import read_rgb8
 from ihcflow.model_format import model_input
-from ihcflow.registry.gate import GateFailed, GateParams
+from ihcflow.registry.gate import GateFailed
 from ihcflow.registry.install import install_set, recover_interrupted_swap
-from tests.conftest import REPO, run_cmd
-from tests.unit.test_metrics import CLASSES, SIZE, write_dataset
-
-PASSING = {
-    "min_balanced_accuracy": 0.5,
-    "min_auroc_macro": 0.6,
-    "min_class_recall": 0.2,
-    "verify_images": 5,
-    "verify_tolerance": 1e-4,
-    "model_name": "tiny",
-    "version": None,
-}
-
-
-def load_stage(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-class MeanColourNet(torch.nn.Module):
-    """Normalise, global-average-pool (the embedding), linear layer, softmax."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(3, k)
-        self.register_buffer("mean", torch.tensor([0.45, 0.35, 0.4]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.2, 0.2, 0.2]).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = ((x - self.mean) / self.std).mean(dim=(2, 3))
-        return torch.softmax(self.fc(embedding), dim=1), embedding
-
-
-class TinyPredictor:
-    """ihcflow.registry.ExportablePredictor around a real trained torch module."""
-
-    def __init__(self, net: MeanColourNet) -> None:
-        self.net = net.eval()
-        self.class_names = list(CLASSES)
-        self.input_size = SIZE
-        self.config = {
-            "model": {"kind": "lightning", "net": "MeanColourNet"},
-            "train": {"epochs": 1, "lr": 0.1},
-            "preprocess": {"size": SIZE},
-        }
-
-    @torch.no_grad()
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        return self.net(torch.from_numpy(model_input(images)))[0].numpy()
-
-    def export_onnx(self, path: str | Path) -> None:
-        example = torch.from_numpy(model_input(np.zeros((2, SIZE, SIZE, 3), np.uint8)))
-        torch.onnx.export(
-            self.net,
-            (example,),
-            str(path),
-            input_names=["image"],
-            output_names=["probs", "embedding"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            dynamo=True,
-            verbose=False,
-        )
+from tests.helpers import REPO, compose, run_cmd
+from tests.helpers.data import CLASSES, SIZE, write_colour_dataset
+from tests.helpers.models import PASSING, TinyPredictor, evaluate_tiny, register_tiny, train_tiny
 
 
 class SharperExportPredictor(TinyPredictor):
@@ -108,74 +39,11 @@ class SharperExportPredictor(TinyPredictor):
                 self.net.fc.weight.div_(1.5)
 
 
-def train_tiny(root: Path, seed: int = 0) -> MeanColourNet:
-    split = pd.read_csv(root / "processed/split.csv")
-    train = split[split["split"] == "train"]
-    x = torch.from_numpy(model_input(load_images(train["image"].tolist(), root, SIZE)))
-    y = torch.tensor(train["class"].map(CLASSES.index).to_numpy())
-    torch.manual_seed(seed)
-    net = MeanColourNet(len(CLASSES))
-    opt = torch.optim.Adam(net.parameters(), lr=0.1)
-    for _ in range(150):
-        opt.zero_grad()
-        loss = torch.nn.functional.nll_loss(torch.log(net(x)[0] + 1e-9), y)
-        loss.backward()
-        opt.step()
-    return net
-
-
-def evaluate_tiny(
-    root: Path, predictor: Any, *, batch_size: int = 8, max_images: int = 4
-) -> dict[str, Any]:
-    """Save ``predictor`` as the train stage's checkpoint and run the evaluate stage on it."""
-    ckpt = root / "models/checkpoints/best.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": predictor.net.state_dict(), "config": predictor.config}, ckpt)
-    params = EvaluateParams("test", batch_size, Misclassified(max_images=max_images, columns=2))
-    result = load_stage("evaluate").run(
-        params,
-        checkpoint=ckpt,
-        split=root / "processed/split.csv",
-        root=root,
-        metrics=root / "reports/metrics.json",
-        predictions=root / "reports/predictions.csv",
-        plots_dir=root / "reports/plots",
-        predictor=predictor,
-    )
-    return {
-        "root": root,
-        "predictor": predictor,
-        "ckpt": ckpt,
-        "shown": result.shown,
-        "metrics": result.metrics,
-    }
-
-
 @pytest.fixture
 def evaluated(tmp_path: Path) -> dict[str, Any]:
     """A project folder with data, a trained tiny model, its checkpoint and evaluate's outputs."""
-    write_dataset(tmp_path, per_class=18, noise=25.0)
+    write_colour_dataset(tmp_path, per_class=18, noise=25.0)
     return evaluate_tiny(tmp_path, TinyPredictor(train_tiny(tmp_path)))
-
-
-def register(ev: dict[str, Any], gate: dict[str, Any], predictor: Any = None) -> dict[str, Any]:
-    """The register stage on the evaluated tiny model; returns the new model.json."""
-    root = ev["root"]
-    return (
-        load_stage("register")
-        .run(
-            GateParams.from_section(gate),
-            checkpoint=ev["ckpt"],
-            metrics=root / "reports/metrics.json",
-            predictions=root / "reports/predictions.csv",
-            split=root / "processed/split.csv",
-            train_summary=root / "reports/train/summary.json",
-            root=root,
-            models=root / "models",
-            predictor=predictor or ev["predictor"],
-        )
-        .info
-    )
 
 
 def snapshot(models: Path) -> dict[str, tuple[bytes, int]]:
@@ -211,7 +79,7 @@ def test_register_passes_and_writes_the_deployable_set(evaluated: dict[str, Any]
     root = evaluated["root"]
     (root / "reports/train").mkdir(parents=True)
     (root / "reports/train/summary.json").write_text('{"train_time_s": 12.5, "epochs": 3}')
-    info = register(evaluated, PASSING)
+    info = register_tiny(evaluated, PASSING)
     models = root / "models"
     assert sorted(p.name for p in models.iterdir()) == [
         "MODEL_CARD.md",
@@ -260,11 +128,11 @@ def test_register_passes_and_writes_the_deployable_set(evaluated: dict[str, Any]
 
 def test_failed_gate_never_touches_the_registered_model(evaluated: dict[str, Any]) -> None:
     root = evaluated["root"]
-    register(evaluated, PASSING)
+    register_tiny(evaluated, PASSING)
     before = snapshot(root / "models")
     too_high = evaluated["metrics"]["balanced_accuracy"] + 0.01
     with pytest.raises(GateFailed) as info:
-        register(evaluated, {**PASSING, "min_balanced_accuracy": too_high})
+        register_tiny(evaluated, {**PASSING, "min_balanced_accuracy": too_high})
     message = info.value.result.report()
     assert "balanced_accuracy" in message and f"{too_high:g}" in message and "FAIL" in message
     assert "auroc_macro" in message and "ok" in message  # every metric, not just the failing one
@@ -274,11 +142,11 @@ def test_failed_gate_never_touches_the_registered_model(evaluated: dict[str, Any
 
 def test_failed_onnx_verification_keeps_the_registered_model(evaluated: dict[str, Any]) -> None:
     root = evaluated["root"]
-    register(evaluated, PASSING)
+    register_tiny(evaluated, PASSING)
     before = snapshot(root / "models")
     broken = SharperExportPredictor(evaluated["predictor"].net)
     with pytest.raises(ValueError, match=r"ONNX probabilities differ from the checkpoint's"):
-        register(evaluated, PASSING, predictor=broken)
+        register_tiny(evaluated, PASSING, predictor=broken)
     assert snapshot(root / "models") == before
     assert not list((root / "models").glob(".*"))
 
@@ -288,18 +156,18 @@ def test_stale_metrics_from_another_model_are_refused(evaluated: dict[str, Any])
     with torch.no_grad():
         other.net.fc.weight.mul_(0.5)
     with pytest.raises(ValueError, match="computed with another model; run the evaluate stage"):
-        register(evaluated, PASSING, predictor=other)
+        register_tiny(evaluated, PASSING, predictor=other)
     assert not (evaluated["root"] / "models/model.onnx").exists()
 
 
 @pytest.mark.slow
 def test_version_follows_the_checkpoint(evaluated: dict[str, Any]) -> None:
-    assert register(evaluated, PASSING)["version"] == "1.0.0"
-    assert register(evaluated, PASSING)["version"] == "1.0.0"  # same checkpoint, same version
+    assert register_tiny(evaluated, PASSING)["version"] == "1.0.0"
+    assert register_tiny(evaluated, PASSING)["version"] == "1.0.0"  # same checkpoint, same version
     ckpt = evaluated["ckpt"]
     ckpt.write_bytes(ckpt.read_bytes() + b"retrained")
-    assert register(evaluated, PASSING)["version"] == "1.0.1"
-    assert register(evaluated, {**PASSING, "version": "2.0.0"})["version"] == "2.0.0"
+    assert register_tiny(evaluated, PASSING)["version"] == "1.0.1"
+    assert register_tiny(evaluated, {**PASSING, "version": "2.0.0"})["version"] == "2.0.0"
 
 
 # --- the set swap ------------------------------------------------------------------------------
@@ -349,15 +217,7 @@ def test_swap_killed_midway_is_rolled_back_on_the_next_run(tmp_path: Path) -> No
 
 
 def compose_params(overrides: list[str], gate: dict[str, float]) -> Any:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=overrides)
-    OmegaConf.set_struct(cfg, False)
-    for group in ("evaluate", "gate"):  # until conf/config.yaml lists them in its defaults
-        if group not in cfg:
-            cfg[group] = OmegaConf.load(REPO / "conf" / group / "default.yaml")
+    cfg = compose(overrides)
     cfg.gate.update(gate)
     return cfg
 
@@ -369,7 +229,7 @@ def compose_params(overrides: list[str], gate: dict[str, float]) -> Any:
 def test_train_evaluate_register_from_the_command_line(tmp_path: Path, model: list[str]) -> None:
     from omegaconf import OmegaConf
 
-    write_dataset(tmp_path, per_class=24, noise=20.0, size=32, val=True)
+    write_colour_dataset(tmp_path, per_class=24, noise=20.0, size=32, val=True)
     params = compose_params(
         [
             *model,

@@ -13,7 +13,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from ihcflow.dataset import load_image
@@ -21,10 +20,10 @@ from ihcflow.training import TrainError
 from ihcflow.training import checkpoints as ckpts
 from ihcflow.training.module import CKPT_KEY
 from ihcflow.training.predictor import load_predictor
-from ihcflow.training.toydata import write_toy_split
-from stages import train as stage
+from tests.helpers import REPO, compose, load_stage
+from tests.helpers.data import write_toy_split
 
-REPO = Path(__file__).resolve().parents[2]
+stage = load_stage("train")
 SIZE = 32
 # Small and quick: no progress bar or model summary in the test log, tiny batches.
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -32,8 +31,7 @@ TINY = [f"preprocess.size={SIZE}", "train.batch_size=16", "train.epochs=2", *QUI
 
 
 def make_cfg(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*TINY, *overrides])
+    return compose([*TINY, *overrides])
 
 
 @pytest.fixture(scope="module")

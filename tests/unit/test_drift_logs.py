@@ -24,7 +24,7 @@ from ihcflow.monitoring.sources import (
 )
 from ihcflow.prediction_log import PredictionLog
 from tests.helpers import write_logs
-from tests.unit.test_drift_stats import draw
+from tests.helpers.data import draw
 
 T0 = dt.datetime(2026, 5, 4, 8, 0, tzinfo=dt.UTC)  # a Monday
 FEATURES = dict.fromkeys(FEATURE_COLUMNS, 0.5)

@@ -18,74 +18,19 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
 
 from ihcflow.files import sha256_file
 from ihcflow.prediction_log import PredictionLog, iso_z, read_log
 from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
 from ihcflow.serving.settings import available_cpus, parse_size
-from tests.conftest import REPO
-from tests.helpers import plain_preprocess
-
-CLASSES = ["neg", "pos", "mixed"]
-SIZE = 8
-PREPROCESS = plain_preprocess(SIZE)
-
-
-# --- a registered model without torch ---------------------------------------------------------
-
-
-def mean_colour_onnx(path: Path, k: int = 3, outputs: tuple[str, str] = ("probs", "embedding")):
-    """image (N, 3, S, S) -> embedding = mean RGB (N, 3) -> linear -> softmax probs (N, k)."""
-    weights = np.array([[4.0, -4.0, 0.0], [-4.0, 4.0, 0.0], [0.0, 0.0, 1.0]], np.float32)[:, :k]
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["image"], [outputs[1]], axes=[2, 3], keepdims=0),
-            helper.make_node("Gemm", [outputs[1], "w", "b"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], [outputs[0]], axis=1),
-        ],
-        "mean_colour",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
-        [
-            helper.make_tensor_value_info(outputs[0], TensorProto.FLOAT, ["N", k]),
-            helper.make_tensor_value_info(outputs[1], TensorProto.FLOAT, ["N", 3]),
-        ],
-        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.zeros(k, "f4"), "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def write_model(folder: Path, **changes: Any) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    mean_colour_onnx(folder / "model.onnx")
-    info = {
-        "name": "unit",
-        "version": "2.1.0",
-        "class_names": CLASSES,
-        "input_size": SIZE,
-        "preprocess": PREPROCESS,
-        "metrics": {"balanced_accuracy": 0.9, "per_class": {}},
-        "onnx": {"file": "model.onnx", "sha256": sha256_file(folder / "model.onnx")},
-    }
-    info.update(changes)
-    (folder / "model.json").write_text(json.dumps(info))
-    return folder
-
-
-def png(colour: tuple[int, int, int], size: tuple[int, int] = (20, 30), fmt: str = "PNG") -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, format=fmt)
-    return buf.getvalue()
-
+from tests.helpers import REPO
+from tests.helpers.data import png
+from tests.helpers.models import ONNX_CLASSES as CLASSES
+from tests.helpers.models import ONNX_SIZE as SIZE
+from tests.helpers.models import mean_colour_onnx, write_model
 
 # --- settings ---------------------------------------------------------------------------------
 

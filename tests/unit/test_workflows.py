@@ -23,7 +23,7 @@ from ihcflow.monitoring.simulate import log_record
 from ihcflow.monitoring.sources import read_logs
 from ihcflow.prediction_log import PredictionLog
 from ihcflow.reporting.pr import MARKER
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 WORKFLOWS = REPO / ".github" / "workflows"
 ACTIONS = REPO / ".github" / "actions"

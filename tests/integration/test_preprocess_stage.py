@@ -1,0 +1,67 @@
+"""The preprocess stage as DVC runs it: params.yaml, the manifest and raw images in; processed
+images, the feature table and the report out; a second run is all cached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from ihcflow.preprocess import OUTPUT_COLUMNS, PreprocessError, PreprocessParams
+from tests.helpers import conf_section, load_stage
+from tests.helpers.data import manifest_of, write_tissue_folder
+
+STAGE = load_stage("preprocess")
+SIZE = 24
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_tissue_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def cfg() -> DictConfig:
+    return OmegaConf.create({**conf_section("preprocess"), "size": SIZE})
+
+
+def test_stage_writes_the_documented_outputs(tmp_path, data, cfg, capsys) -> None:
+    cfg.cache_dir = str(tmp_path / "cache")
+    params = tmp_path / "params.yaml"
+    OmegaConf.save(OmegaConf.create({"preprocess": cfg, "seed": 0}), params)
+    manifest = tmp_path / "processed" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest_of(data).to_csv(manifest, index=False)
+    features_csv = tmp_path / "reports" / "data" / "features.csv"
+    report_json = tmp_path / "reports" / "data" / "preprocess.json"
+    args = [
+        f"--params={params}",
+        f"--data={data}",
+        f"--manifest={manifest}",
+        f"--out={tmp_path / 'processed' / 'images'}",
+        f"--features={features_csv}",
+        f"--report={report_json}",
+    ]
+    STAGE.main(args)
+    features = pd.read_csv(features_csv, keep_default_na=False)
+    assert list(features.columns) == OUTPUT_COLUMNS and len(features) == 10
+    report = json.loads(report_json.read_text())
+    assert report["n"] == 10 and report["params"]["size"] == SIZE
+    assert "10 images, 0 cached, 10 processed" in capsys.readouterr().out
+    STAGE.main(args)
+    assert "10 images, 10 cached, 0 processed" in capsys.readouterr().out
+
+
+def test_stage_without_manifest_says_what_to_run(tmp_path, cfg) -> None:
+    with pytest.raises(PreprocessError, match=r"manifest not found \(run the validate stage"):
+        STAGE.run(
+            PreprocessParams.from_section(cfg),
+            data=tmp_path / "data",
+            manifest=tmp_path / "manifest.csv",
+            images=tmp_path / "out",
+            features=tmp_path / "features.csv",
+            report=tmp_path / "report.json",
+        )
