@@ -343,6 +343,42 @@ def read_logs(
     or non-finite features are excluded and counted.
     """
     path = Path(path)
+    files, counts = _log_files_in_range(path, since, until)
+    parsed, bad, problems = _parse_lines(files, features)
+    frame, bad_ts = _records_frame(parsed, features, problems)
+    counts["bad_lines"] = sum(bad.values()) + int(bad_ts.sum())
+    keep = _in_time_range(frame["ts"], ~bad_ts, since, until, counts)
+    if not keep.any():
+        raise DriftInputError(
+            f"{path}: no usable prediction records{_range_text(since, until)} "
+            f"({counts['bad_lines']} unusable line(s) in {len(files)} file(s))"
+        )
+    if model_version is None:  # the newest record's
+        newest = int(np.flatnonzero(keep)[np.argmax(frame["ts"][keep].to_numpy())])
+        model_version = str(frame.at[newest, "model_version"])
+        model_name = model_name or str(frame.at[newest, "model_name"])
+    model = f"{model_name or ''} {model_version}".strip()
+    keep &= _of_model(frame, keep, model_name, model_version, counts, strict_version, path)
+    keep &= ~_incomplete(frame, keep, features, parsed.where, problems, counts)
+    counts["rows_read"] = len(frame)
+    table = Table(frame.loc[keep].reset_index(drop=True), None, str(path), "logs", counts, problems)
+    table.counts["rows"] = len(table)
+    table.counts["model"] = model
+    if table.frame.empty:
+        raise DriftInputError(
+            f"{path}: no complete records of model {model}{_range_text(since, until)} "
+            f"(excluded: {_excluded_text(counts)})"
+        )
+    table.embeddings, note = _stack_embeddings([parsed.embedding[i] for i in np.flatnonzero(keep)])
+    if note:
+        table.notes.append(note)
+    return table
+
+
+def _log_files_in_range(
+    path: Path, since: pd.Timestamp | None, until: pd.Timestamp | None
+) -> tuple[list[Path], dict[str, Any]]:
+    """The log files under ``path`` whose day can hold records in the range, and the counts."""
     if not path.exists():
         raise DriftInputError(f"{path}: prediction log folder not found")
     files = log_files(path)
@@ -351,91 +387,100 @@ def read_logs(
             f"{path}: no prediction logs ({LOG_GLOB}) in this folder or its sub-folders"
         )
     counts: dict[str, Any] = {"files": len(files)}
-    skipped_files = [
+    # a file holds one UTC day; one day of margin either side, the rows are filtered later
+    first = None if since is None else (since - pd.Timedelta(days=1)).date()
+    last = None if until is None else (until + pd.Timedelta(days=1)).date()
+    kept = [
         p
         for p in files
-        if (day := log_file_day(p)) is not None
-        and (
-            (since is not None and day < (since - pd.Timedelta(days=1)).date())
-            or (until is not None and day > (until + pd.Timedelta(days=1)).date())
-        )
-    ]  # a file holds one UTC day; one day of margin either side, the rows are filtered below
-    files = [p for p in files if p not in skipped_files]
-    counts["files_read"] = len(files)
-    parsed, bad, problems = _parse_lines(files, features)
+        if (day := log_file_day(p)) is None
+        or not ((first is not None and day < first) or (last is not None and day > last))
+    ]
+    counts["files_read"] = len(kept)
+    return kept, counts
+
+
+def _records_frame(
+    parsed: _Parsed, features: Sequence[str], problems: list[str]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The records as a frame (features as floats, NaN when missing or not finite) and which
+    rows have a ``ts`` that is not a time (listed in ``problems``)."""
     ts = pd.to_datetime(
         pd.Series(parsed.ts, dtype=object), utc=True, errors="coerce", format="ISO8601"
     )
     bad_ts = ts.isna().to_numpy()
     for i in np.flatnonzero(bad_ts)[: MAX_EXAMPLES - len(problems)]:
         problems.append(f"{parsed.where[i]}: ts {parsed.ts[i]!r} is not an ISO 8601 time")
-    counts["bad_lines"] = sum(bad.values()) + int(bad_ts.sum())
     frame = numeric_features(pd.DataFrame(parsed.features, columns=list(features)), features, "")
     frame = frame.where(np.isfinite(frame.to_numpy()))
     frame["predicted"] = parsed.predicted
     frame["model_name"] = parsed.name
     frame["model_version"] = parsed.version
     frame["ts"] = ts
-    keep = ~bad_ts
+    return frame, bad_ts
+
+
+def _in_time_range(
+    ts: pd.Series,
+    keep: np.ndarray,
+    since: pd.Timestamp | None,
+    until: pd.Timestamp | None,
+    counts: dict[str, Any],
+) -> np.ndarray:
     in_time = keep.copy()
     if since is not None:
         in_time &= (ts >= since).to_numpy()
     if until is not None:
         in_time &= (ts < until).to_numpy()
     counts["outside_time_range"] = int((keep & ~in_time).sum())
-    keep &= in_time
-    if not keep.any():
-        raise DriftInputError(
-            f"{path}: no usable prediction records{_range_text(since, until)} "
-            f"({counts['bad_lines']} unusable line(s) in {len(files)} file(s))"
-        )
-    if model_version is None:
-        newest = int(np.flatnonzero(keep)[np.argmax(ts[keep].to_numpy())])
-        model_version = str(frame.at[newest, "model_version"])
-        model_name = model_name or str(frame.at[newest, "model_name"])
-    same = (frame["model_version"] == model_version).to_numpy()
-    if model_name:
-        same &= (frame["model_name"] == model_name).to_numpy()
+    return keep & in_time
+
+
+def _of_model(
+    frame: pd.DataFrame,
+    keep: np.ndarray,
+    name: str | None,
+    version: str,
+    counts: dict[str, Any],
+    strict: bool,
+    path: Path,
+) -> np.ndarray:
+    """Rows of the model ``name`` ``version``; the others are counted, or an error when
+    ``strict``."""
+    same = (frame["model_version"] == version).to_numpy()
+    if name:
+        same &= (frame["model_name"] == name).to_numpy()
     other = keep & ~same
     if other.any():
         found = Counter(
             f"{n} {v}".strip() for n, v in frame.loc[other, ["model_name", "model_version"]].values
         )
-        if strict_version:
+        if strict:
             raise DriftInputError(
                 f"{path}: {int(other.sum())} record(s) from other model versions "
-                f"({dict(found)}); the reference model is {model_name or ''} {model_version} "
+                f"({dict(found)}); the reference model is {name or ''} {version} "
                 "(drop --strict-version to exclude them)"
             )
         counts["other_versions"] = dict(found)
     counts["other_version_rows"] = int(other.sum())
-    keep &= same
+    return same
+
+
+def _incomplete(
+    frame: pd.DataFrame,
+    keep: np.ndarray,
+    features: Sequence[str],
+    where: list[str],
+    problems: list[str],
+    counts: dict[str, Any],
+) -> np.ndarray:
+    """Kept rows with a missing or non-numeric feature (examples listed in ``problems``)."""
     incomplete = keep & frame[list(features)].isna().any(axis=1).to_numpy()
     for i in np.flatnonzero(incomplete)[: max(0, MAX_EXAMPLES - len(problems))]:
         gaps = [c for c in features if pd.isna(frame.at[i, c])]
-        problems.append(f"{parsed.where[i]}: missing or non-numeric features {gaps}")
+        problems.append(f"{where[i]}: missing or non-numeric features {gaps}")
     counts["incomplete_rows"] = int(incomplete.sum())
-    keep &= ~incomplete
-    counts["rows_read"] = len(frame)
-    table = Table(
-        frame.loc[keep].reset_index(drop=True),
-        None,
-        str(path),
-        "logs",
-        counts,
-        problems,
-    )
-    table.counts["rows"] = len(table)
-    table.counts["model"] = f"{model_name or ''} {model_version}".strip()
-    if table.frame.empty:
-        raise DriftInputError(
-            f"{path}: no complete records of model {table.counts['model']}"
-            f"{_range_text(since, until)} (excluded: {_excluded_text(counts)})"
-        )
-    table.embeddings, note = _stack_embeddings([parsed.embedding[i] for i in np.flatnonzero(keep)])
-    if note:
-        table.notes.append(note)
-    return table
+    return incomplete
 
 
 def _range_text(since: pd.Timestamp | None, until: pd.Timestamp | None) -> str:
