@@ -25,9 +25,9 @@ from ihcflow.evaluation import (
     probs_from_predictions,
     roc_points,
 )
-from ihcflow.files import write_csv_atomic, write_json_atomic
+from ihcflow.files import write_json_atomic
 from ihcflow.reporting.metrics import format_metrics
-from ihcflow.tables import METRICS, PREDICTIONS, SPLIT, write_table
+from ihcflow.tables import METRICS, PREDICTIONS, SPLIT, write_csv_atomic, write_table
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from ihcflow.errors import PipelineError
-from ihcflow.files import write_csv_atomic
+from ihcflow.files import atomic_path
 
 SPLITS = ("train", "val", "test")  # split.csv's `split` values; also layout 2's folders
 
@@ -141,6 +141,11 @@ def parse_table(
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise error(f"{source}: cannot read as CSV ({exc})") from None
     return _check_columns(frame, table.columns if columns is None else columns, source, error)
+
+
+def write_csv_atomic(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def write_table(path: str | os.PathLike[str], frame: pd.DataFrame, table: Table) -> None:

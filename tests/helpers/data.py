@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from ihcflow.data.synth import DEFAULT_CLASSES, render_image
@@ -27,6 +28,7 @@ from ihcflow.images.codec import encode_png
 from ihcflow.images.features import image_features
 from ihcflow.monitoring.sources import Table
 from ihcflow.tables import IMAGES_DIR, SPLIT, image_file
+from tests.helpers import conf_section
 
 # --- images ----------------------------------------------------------------------------------
 
@@ -98,6 +100,11 @@ def write_tissue_folder(root: Path) -> Path:
         suffix = ".jpg" if i % 2 else ".png"
         write_tissue(root / ("ki67" if i < 5 else "her2") / f"img{i}{suffix}", seed=i)
     return root
+
+
+def preprocess_conf(size: int) -> DictConfig:
+    """conf/preprocess/default.yaml at ``size`` px, as the params section a stage reads."""
+    return OmegaConf.create({**conf_section("preprocess"), "size": size})
 
 
 def manifest_of(data: Path) -> pd.DataFrame:

@@ -8,27 +8,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from ihcflow.preprocess import OUTPUT_COLUMNS, PreprocessError, PreprocessParams
-from tests.helpers import conf_section, load_stage
-from tests.helpers.data import manifest_of, write_tissue_folder
+from tests.helpers import load_stage
+from tests.helpers.data import manifest_of, preprocess_conf, write_tissue_folder
 
 STAGE = load_stage("preprocess")
 SIZE = 24
 
 
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    return write_tissue_folder(tmp_path / "data")
-
-
-@pytest.fixture
-def cfg() -> DictConfig:
-    return OmegaConf.create({**conf_section("preprocess"), "size": SIZE})
-
-
-def test_stage_writes_the_documented_outputs(tmp_path, data, cfg, capsys) -> None:
+def test_stage_writes_the_documented_outputs(tmp_path: Path, capsys) -> None:
+    data = write_tissue_folder(tmp_path / "data")
+    cfg = preprocess_conf(SIZE)
     cfg.cache_dir = str(tmp_path / "cache")
     params = tmp_path / "params.yaml"
     OmegaConf.save(OmegaConf.create({"preprocess": cfg, "seed": 0}), params)
@@ -55,7 +47,8 @@ def test_stage_writes_the_documented_outputs(tmp_path, data, cfg, capsys) -> Non
     assert "10 images, 10 cached, 0 processed" in capsys.readouterr().out
 
 
-def test_stage_without_manifest_says_what_to_run(tmp_path, cfg) -> None:
+def test_stage_without_manifest_says_what_to_run(tmp_path: Path) -> None:
+    cfg = preprocess_conf(SIZE)
     with pytest.raises(PreprocessError, match=r"manifest not found \(run the validate stage"):
         STAGE.run(
             PreprocessParams.from_section(cfg),

@@ -20,8 +20,7 @@ from ihcflow.preprocess import (
     cache_key,
     preprocess_dataset,
 )
-from tests.helpers import conf_section
-from tests.helpers.data import manifest_of, write_tissue, write_tissue_folder
+from tests.helpers.data import manifest_of, preprocess_conf, write_tissue, write_tissue_folder
 
 SIZE = 24
 
@@ -33,7 +32,7 @@ def data(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cfg() -> DictConfig:
-    return OmegaConf.create({**conf_section("preprocess"), "size": SIZE})
+    return preprocess_conf(SIZE)
 
 
 def _run(data: Path, out: Path, cfg, cache: Path | None, workers: int = 1, manifest=None):

@@ -232,10 +232,13 @@ def test_model_folder_problems_are_named(tmp_path: Path) -> None:
 
 
 def test_serving_imports_no_training_stack() -> None:
+    """The server reads the model through ihcflow.model_format: not the registry, the pipeline
+    tables or the training code (nor pandas, which they need)."""
     code = (
         "import sys, ihcflow.serving.app, ihcflow.serving.cli\n"
         "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning', 'dvc', 'hydra',"
-        " 'sklearn', 'skimage', 'evidently', 'matplotlib') if m in sys.modules))"
+        " 'sklearn', 'skimage', 'evidently', 'matplotlib', 'pandas', 'ihcflow.registry',"
+        " 'ihcflow.tables', 'ihcflow.training') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     out = subprocess.run(
