@@ -12,6 +12,7 @@ import pytest
 from ihcflow.config import ConfigError, load_params, section, typed
 from ihcflow.data import synth
 from ihcflow.evaluation import EvaluateParams
+from ihcflow.monitoring.cli import DEFAULT_CACHE
 from ihcflow.monitoring.drift import DriftParams
 from ihcflow.preprocess import PreprocessParams
 from ihcflow.registry.gate import GateParams
@@ -96,5 +97,5 @@ def test_code_defaults_for_direct_callers_are_confs() -> None:
     expected = conf_section("data")["synth"]
     assert {k: sample[k] for k in expected} == {**expected, "classes": tuple(expected["classes"])}
     drift = conf_section("drift")
-    drift.pop("cache_dir")
+    assert drift.pop("cache_dir") == DEFAULT_CACHE
     assert DriftParams.from_mapping(drift) == DriftParams()
