@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from ihcflow.files import sha256_file
+from ihcflow.images.codec import ImageError
 from ihcflow.prediction_log import PredictionLog, iso_z, read_log
 from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
 from ihcflow.serving.settings import available_cpus, parse_size
@@ -65,11 +66,21 @@ def test_settings_from_env_with_flags_winning(tmp_path: Path) -> None:
         ({"IHCFLOW_TOKEN": "a", "IHCFLOW_TOKEN_FILE": "/x"}, "not both"),
         ({"IHCFLOW_TOKEN_FILE": "/nonexistent/token"}, "cannot read the token"),
         ({"IHCFLOW_TOKEN": "two words"}, "whitespace"),
+        ({"IHCFLOW_TOKEN": ""}, "IHCFLOW_TOKEN is set but empty.*--no-auth"),
+        ({"IHCFLOW_TOKEN": "  "}, "IHCFLOW_TOKEN is set but empty"),
+        ({"IHCFLOW_TOKEN": "abc", "IHCFLOW_NO_AUTH": "1"}, "choose one"),
+        ({"IHCFLOW_MIN_SIDE": "0"}, "min_side must be >= 1"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_empty_token_serves_open_only_with_no_auth() -> None:
+    assert not Settings.from_env({"IHCFLOW_TOKEN": ""}, no_auth=True).auth_enabled
+    assert not Settings.from_env({"IHCFLOW_TOKEN": "", "IHCFLOW_NO_AUTH": "1"}).auth_enabled
+    assert not Settings.from_env({}).auth_enabled  # no variable at all: open, as before
 
 
 def test_token_from_file(tmp_path: Path) -> None:
@@ -189,6 +200,25 @@ def test_killed_writer_loses_nothing_it_reported_written(tmp_path: Path) -> None
     assert len(records) >= reported + 1
 
 
+def test_record_after_a_partial_last_line_starts_a_new_line(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    log = PredictionLog(tmp_path)
+    log.write([_record(now, 0)])
+    [path] = tmp_path.glob("*.jsonl")
+    with open(path, "ab") as fh:  # a writer killed mid-line (another worker, or us earlier)
+        fh.write(b'{"ts": "2026-01-01T00:00:00.000Z", "request_id": "cut", "predi')
+    log.write([_record(now, 1)])  # the descriptor is already open
+    log.close()
+    with open(path, "ab") as fh:
+        fh.write(b'{"ts": "2026')
+    PredictionLog(tmp_path).write([_record(now, 2)])  # a restarted server
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    good = [json.loads(line) for line in lines[:-1] if not line.startswith(b'{"ts": ')]
+    assert [r["request_id"] for r in good] == ["r0", "r1", "r2"]  # none glued to a fragment
+    assert len(lines) == 6  # r0, fragment, r1, fragment, r2, ""
+
+
 # --- the model ----------------------------------------------------------------------------------
 
 
@@ -207,6 +237,11 @@ def test_served_model_prepares_like_the_pipeline_and_predicts(tmp_path: Path) ->
         model.prepare(png((1, 2, 3), (200, 100)), "big.png", max_pixels=10_000)
     with pytest.raises(ValueError, match=r"anim.gif: GIF images are not accepted"):
         model.prepare(png((1, 2, 3), fmt="GIF"), "anim.gif", max_pixels=10_000)
+    for size in ((1, 1), (3, 3), (10_000, 1), (15, 40)):
+        with pytest.raises(ImageError) as err:
+            model.prepare(png((1, 2, 3), size), "tiny.png", max_pixels=10**6, min_side=16)
+        assert err.value.reason == "too_small" and "minimum of 16 px" in str(err.value)
+    assert model.prepare(png((1, 2, 3), (16, 40)), "ok.png", max_pixels=10**6, min_side=16)
 
 
 def test_model_folder_problems_are_named(tmp_path: Path) -> None:

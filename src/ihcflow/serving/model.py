@@ -94,14 +94,22 @@ class ServedModel:
         out["onnx_sha256"] = (self.info.get("onnx") or {}).get("sha256")
         return out
 
-    def prepare(self, data: bytes, source: str, *, max_pixels: int) -> Prepared:
-        """Decode one upload (format and pixel limit checked from the header first)."""
+    def prepare(self, data: bytes, source: str, *, max_pixels: int, min_side: int = 1) -> Prepared:
+        """Decode one upload (format, pixel limit and ``min_side`` checked from the header
+        first; a fully transparent image is refused when decoded)."""
         info = probe(data, source, max_pixels)
         if info.format not in SERVED_FORMATS:
             raise ImageError(
                 source,
                 "unsupported_format",
                 f"{info.format} images are not accepted (send {', '.join(SERVED_FORMATS)})",
+            )
+        if min(info.width, info.height) < min_side:
+            raise ImageError(
+                source,
+                "too_small",
+                f"image is {info.width}x{info.height} px, below the minimum of {min_side} px "
+                "per side (IHCFLOW_MIN_SIDE): too small to hold a cell",
             )
         image, features, applied = prepare_image(
             data, source, self.image_params, max_pixels=max_pixels, strict=True

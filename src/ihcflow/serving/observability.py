@@ -128,6 +128,7 @@ class ServingMetrics:
 # JSON logs
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
+LIBRARY_LOGGERS = ("python_multipart", "multipart")  # python-multipart (and its old name)
 
 
 class JsonFormatter(logging.Formatter):
@@ -156,5 +157,13 @@ def configure_logging(level: str = "info") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
+        logger.propagate = False
+    # The multipart parser logs what it rejects ("Expected boundary character ...") at warning
+    # level; without a handler Python prints it as plain text. The 400 answer and our access
+    # log already say it, so only its errors are kept, as JSON.
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.ERROR)
         logger.propagate = False
     logging.getLogger("uvicorn.access").disabled = True

@@ -48,7 +48,12 @@ class PredictionService:
         start = time.perf_counter()
         data = upload.read()
         try:
-            prepared = self.model.prepare(data, upload.source, max_pixels=self.settings.max_pixels)
+            prepared = self.model.prepare(
+                data,
+                upload.source,
+                max_pixels=self.settings.max_pixels,
+                min_side=self.settings.min_side,
+            )
         except ImageError as exc:
             self.metrics.rejected.labels(exc.reason).inc()
             raise ApiError.from_image_error(exc, upload.filename) from None
