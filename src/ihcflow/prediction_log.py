@@ -8,8 +8,10 @@ and the simulator that rehearses the monitoring loop (:mod:`ihcflow.monitoring.s
   server pod as deploy/k8s writes them: :func:`log_files`).
 - Records (:func:`make_record`; fields in docs/serving.md): ``ts`` (:func:`iso_z`), ``request_id``,
   ``model_name``, ``model_version``, ``filename``, ``predicted``, ``probs``, ``features``
-  (:data:`ihcflow.images.features.FEATURE_COLUMNS` of the decoded upload), ``latency_ms``, and
-  optionally ``embedding`` and ``image_b64``. A reader needs :data:`REQUIRED`.
+  (:data:`ihcflow.images.features.FEATURE_COLUMNS` of the decoded upload at the model's input
+  size, full precision), ``acquisition`` (:data:`~ihcflow.images.features.ACQUISITION_COLUMNS`
+  of the file), ``latency_ms``, and optionally ``ood`` (``{"score", "flag"}``,
+  :mod:`ihcflow.ood`), ``embedding`` and ``image_b64``. A reader needs :data:`REQUIRED`.
 
 Each line is written with a single ``os.write`` on an ``O_APPEND`` file descriptor, so lines
 from several threads or worker processes never interleave, and a line is in the kernel as soon
@@ -82,6 +84,8 @@ def make_record(
     probs: Mapping[str, float],
     features: Mapping[str, float],
     latency_ms: float,
+    acquisition: Mapping[str, int | str] | None = None,
+    ood: Mapping[str, float | bool] | None = None,
     embedding: Sequence[float] | None = None,
     image_b64: str | None = None,
 ) -> dict[str, Any]:
@@ -97,6 +101,10 @@ def make_record(
         "features": {k: float(v) for k, v in features.items()},
         "latency_ms": latency_ms,
     }
+    if acquisition is not None:
+        out["acquisition"] = dict(acquisition)
+    if ood is not None:
+        out["ood"] = dict(ood)
     if embedding is not None:
         out["embedding"] = [float(v) for v in embedding]
     if image_b64 is not None:

@@ -20,10 +20,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from ihcflow.config import typed
-from ihcflow.images.features import FEATURE_COLUMNS
+from ihcflow.images.features import ACQUISITION_COLUMNS, FEATURE_COLUMNS
 from ihcflow.prediction_log import read_log
 from ihcflow.preprocess import PreprocessParams
 from ihcflow.split import SplitParams
+from ihcflow.tables import FEATURES, read_table
 from ihcflow.validation import ValidateParams
 from tests.helpers import conf_section, load_stage
 from tests.helpers.data import CLASSES, COLOURS, SIZE, png_bytes
@@ -34,7 +35,7 @@ TOKEN = "s3cr3t-test-token-0123456789"
 LIMITS = {"IHCFLOW_MAX_BYTES": "256K", "IHCFLOW_MAX_PIXELS": "1000000", "IHCFLOW_MAX_FILES": "4"}
 FORMATS = ("png", "jpg", "tif")
 LOG_FIELDS = {"ts", "request_id", "model_name", "model_version", "filename", "predicted", "probs",
-              "features", "latency_ms"}  # fmt: skip
+              "features", "acquisition", "latency_ms"}  # fmt: skip
 
 
 # --- a registered model made by the pipeline's stages from raw images ------------------------
@@ -193,7 +194,7 @@ def test_every_prediction_is_logged_with_the_drift_features(
     project: dict[str, Any], server: Server
 ) -> None:
     root = project["root"]
-    reference = pd.read_csv(root / "reports/data/features.csv").set_index("path")
+    reference = read_table(root / "reports/data/features.csv", FEATURES).set_index("path")
     paths = reference.index[:3].tolist()
     with server.client() as client:
         response = client.post(
@@ -213,13 +214,16 @@ def test_every_prediction_is_logged_with_the_drift_features(
         assert record["filename"] == Path(path).name
         assert record["predicted"] == answer["predicted"] and record["probs"] == answer["probs"]
         assert list(record["features"]) == FEATURE_COLUMNS
-        # the same numbers the preprocess stage wrote to features.csv for this raw file
-        np.testing.assert_allclose(
-            [record["features"][c] for c in FEATURE_COLUMNS],
-            reference.loc[path, FEATURE_COLUMNS].to_numpy(float),
-            rtol=1e-6,
-            atol=1e-6,
-        )
+        # exactly the numbers the preprocess stage wrote to features.csv for this raw file:
+        # one analysis size, full precision on both sides
+        row = reference.loc[path]
+        assert [record["features"][c] for c in FEATURE_COLUMNS] == [
+            float(row[c]) for c in FEATURE_COLUMNS
+        ]
+        assert list(record["acquisition"]) == ACQUISITION_COLUMNS
+        assert [str(record["acquisition"][c]) for c in ACQUISITION_COLUMNS] == [
+            row[c] for c in ACQUISITION_COLUMNS
+        ]
         assert len(record["embedding"]) == 3 and "image_b64" not in record
 
 

@@ -229,7 +229,7 @@ def test_served_model_prepares_like_the_pipeline_and_predicts(tmp_path: Path) ->
     )  # fmt: skip
     prepared = model.prepare(png((230, 20, 20)), "red.png", max_pixels=10_000)
     assert prepared.image.shape == (SIZE, SIZE, 3) and prepared.format == "PNG"
-    assert prepared.features["width"] == 20 and prepared.features["height"] == 30
+    assert prepared.acquisition["width"] == 20 and prepared.acquisition["height"] == 30
     probs, embedding = model.predict(prepared.image[None])
     np.testing.assert_allclose(embedding[0], np.array([230, 20, 20]) / 255, atol=1e-6)
     assert CLASSES[int(probs[0].argmax())] == "neg" and probs.sum() == pytest.approx(1)

@@ -26,6 +26,7 @@ from ihcflow.dataset import load_images
 from ihcflow.errors import PipelineError
 from ihcflow.evaluation import Predictor, probs_from_predictions
 from ihcflow.files import sha256_file
+from ihcflow.images.features import feature_contract
 from ihcflow.model_format import (
     CARD_NAME,
     JSON_NAME,
@@ -218,6 +219,7 @@ def describe(
     """``model.json`` (:mod:`ihcflow.model_format`; every key in docs/pipeline.md)."""
     predictor = candidate.predictor
     config = json.loads(json.dumps(dict(predictor.config or {}), default=str))
+    preprocess = dict(config.get("preprocess") or {})
     return {
         "name": name,
         "version": version,
@@ -227,7 +229,12 @@ def describe(
         "input_size": int(predictor.input_size),
         "input": onnx["input"],
         "outputs": onnx["outputs"],
-        "preprocess": dict(config.get("preprocess") or {}),  # what uploads must be given
+        "preprocess": preprocess,  # what uploads must be given
+        # how drift features are measured on the reference and on uploads: at the input size
+        "features": feature_contract(
+            int(preprocess.get("size", predictor.input_size)),
+            str(preprocess.get("interpolation", "area")),
+        ),
         "metrics": dict(metrics),
         "gate": [
             {"metric": r.metric, "value": r.value, "op": r.op, "threshold": r.threshold}

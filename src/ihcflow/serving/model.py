@@ -9,7 +9,6 @@ images into the graph's input); uploads are prepared by
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from ihcflow.config import ConfigError
 from ihcflow.images.codec import ImageError, probe
-from ihcflow.images.prepare import ImageParams, check_params, prepare_image
+from ihcflow.images.prepare import ImageParams, Prepared, check_params, prepare_image
 from ihcflow.model_format import (
     ModelFormatError,
     OnnxModel,
@@ -31,14 +30,6 @@ SERVED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # the formats the pipeline trai
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 # The model folder cannot be served; the message names the file and the problem.
 ModelLoadError = ModelFormatError
-
-
-@dataclass(frozen=True)
-class Prepared:
-    image: np.ndarray  # (S, S, 3) uint8 RGB, what the model sees
-    features: dict[str, float]  # FEATURE_COLUMNS of the decoded upload (drift reference)
-    applied: dict[str, bool]  # corrections preprocess_image applied
-    format: str
 
 
 def read_servable(model_dir: str | Path) -> dict[str, Any]:
@@ -111,10 +102,7 @@ class ServedModel:
                 f"image is {info.width}x{info.height} px, below the minimum of {min_side} px "
                 "per side (IHCFLOW_MIN_SIDE): too small to hold a cell",
             )
-        image, features, applied = prepare_image(
-            data, source, self.image_params, max_pixels=max_pixels, strict=True
-        )
-        return Prepared(image, features, applied, info.format)
+        return prepare_image(data, source, self.image_params, max_pixels=max_pixels, strict=True)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, S, S, 3) prepared images -> probs (N, K), embedding (N, D)."""

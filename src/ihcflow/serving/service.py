@@ -97,6 +97,7 @@ class PredictionService:
                     predicted=predicted,
                     probs=probs_i,
                     features=item.features,
+                    acquisition=item.acquisition,
                     latency_ms=latency_ms,
                     embedding=_short(embedding[i]) if self.settings.log_embedding else None,
                     image_b64=(
