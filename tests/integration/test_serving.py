@@ -28,7 +28,7 @@ from ihcflow.tables import FEATURES, read_table
 from ihcflow.validation import ValidateParams
 from tests.helpers import conf_section, load_stage
 from tests.helpers.data import CLASSES, COLOURS, SIZE, png_bytes
-from tests.helpers.models import TinyPredictor, evaluate_tiny, register_tiny, train_tiny
+from tests.helpers.models import PASSING, TinyPredictor, evaluate_tiny, register_tiny, train_tiny
 from tests.helpers.server import Server, free_port, run_server, server_env
 
 TOKEN = "s3cr3t-test-token-0123456789"
@@ -95,8 +95,8 @@ def build_registered_model(root: Path) -> dict[str, Any]:
     predictor = TinyPredictor(train_tiny(root))
     predictor.config["preprocess"] = preprocess  # what the train stage records
     ev = evaluate_tiny(root, predictor)
-    gate = {"min_balanced_accuracy": 0.0, "verify_images": 5, "verify_tolerance": 1e-4,
-            "model_name": "tiny", "version": None}  # fmt: skip
+    gate = {**PASSING, "min_balanced_accuracy": 0.0, "min_auroc_macro": None,
+            "min_class_recall": None}  # fmt: skip
     return register_tiny(ev, gate)
 
 
@@ -378,7 +378,14 @@ def test_health_readiness_model_and_docs(server: Server) -> None:
         model = client.get("/model").json()
         docs = client.get("/docs")
         spec = client.get("/openapi.json").json()
-    assert ready == {"status": "ready", "model_name": "tiny", "model_version": "1.0.0"}
+    assert ready == {
+        "status": "ready",
+        "model_name": "tiny",
+        "model_version": "1.0.0",
+        "ood": False,
+    }
+    # 60 raw images leave too few validation images to calibrate an OOD threshold: said so
+    assert model["ood"]["available"] is False and "no 'ood' section" in model["ood"]["reason"]
     assert model["class_names"] == CLASSES and model["input_size"] == SIZE
     assert "balanced_accuracy" in model["metrics"]
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

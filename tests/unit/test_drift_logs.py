@@ -13,7 +13,7 @@ import pytest
 
 from ihcflow.data.synth import render_image
 from ihcflow.images.features import FEATURE_COLUMNS, image_features
-from ihcflow.monitoring.drift import DriftParams, compare_windows, window_bounds
+from ihcflow.monitoring.drift import DriftParams, compare, compare_windows, window_bounds
 from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain
 from ihcflow.monitoring.sources import (
     DriftInputError,
@@ -215,3 +215,21 @@ def test_simulated_stain_batch_changes_that_stain_only() -> None:
     assert darker["brightness"] < before["brightness"] - 0.05
     with pytest.raises(ValueError, match="stain 'silver' unknown"):
         scale_stain(rgb, "silver", 2.0)
+
+
+def test_the_servers_ood_flags_are_summarised_per_window(tmp_path: Path) -> None:
+    midnight = T0.replace(hour=0)
+    rows = records(72, start=midnight)  # three UTC days of 24
+    for i, rec in enumerate(rows):
+        day = i // 24
+        rec["ood"] = {"score": 1.0 + i, "flag": i % 24 < (0, 3, 12)[day]}  # 0%, 12.5%, 50%
+    rows += records(5, start=midnight + dt.timedelta(days=1))  # a server without OOD scoring
+    write_logs(tmp_path, rows)
+    current = read_logs(tmp_path)
+    assert current.frame["ood_flag"].isna().sum() == 5
+    reference, _ = draw(0, 30)
+    windows = compare_windows(reference, current, DriftParams(min_rows=20), "day")
+    assert [w.to_dict()["ood_flagged_share"] for w in windows] == [0.0, 3 / 24, 0.5]
+    assert [w.comparison.ood_scored for w in windows] == [24, 24, 24]
+    overall = compare(reference, current, DriftParams())
+    assert overall.to_dict()["ood"] == {"scored": 72, "flagged": 15, "share": 15 / 72}

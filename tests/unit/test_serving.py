@@ -24,6 +24,7 @@ from fastapi import FastAPI
 
 from ihcflow.files import sha256_file
 from ihcflow.images.codec import ImageError
+from ihcflow.ood import fit_ood
 from ihcflow.prediction_log import PredictionLog, iso_z, read_log
 from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
 from ihcflow.serving.settings import available_cpus, parse_size
@@ -329,6 +330,56 @@ def test_prediction_that_cannot_be_logged_is_not_returned(tmp_path: Path) -> Non
         metrics = client.get("/metrics").text
     assert (second.status_code, second.json()["error"]) == (503, "log_unavailable")
     assert "ihcflow_prediction_log_errors_total 1.0" in metrics
+
+
+def colour_ood(quantile: float = 0.99) -> dict[str, Any]:
+    """model.json's ``ood`` for :func:`mean_colour_onnx`, whose embedding is the mean RGB:
+    trained on reddish, greenish and grey images."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.85, 0.1, 0.1], [0.1, 0.85, 0.1], [0.5, 0.5, 0.5]])
+    labels = np.arange(600) % 3
+    train = centres[labels] + rng.normal(0, 0.03, (600, 3))
+    val = centres[np.arange(100) % 3] + rng.normal(0, 0.03, (100, 3))
+    return fit_ood(train, labels, 3, components=3).calibrated(val, quantile).to_info()
+
+
+def test_every_image_gets_an_ood_score_returned_logged_and_counted(tmp_path: Path) -> None:
+    settings = Settings(model_dir=write_model(tmp_path / "m", ood=colour_ood()), log_dir=tmp_path)
+    uploads = [
+        ("files", ("red.png", png((215, 28, 25)))),
+        ("files", ("blue.png", png((20, 20, 230)))),
+    ]
+    with serve(create_app(settings)) as client:
+        response = client.post("/predict", files=uploads)
+        model = client.get("/model").json()
+        ready = client.get("/readyz").json()
+        metrics = client.get("/metrics").text
+    assert response.status_code == 200, response.text
+    red, blue = (p["ood"] for p in response.json()["predictions"])
+    assert red["flag"] is False and blue["flag"] is True  # blue: no training class is blue
+    assert red["score"] < model["ood"]["threshold"] < blue["score"]
+    [path] = tmp_path.glob("*.jsonl")
+    assert [r["ood"] for r in read_log(path)] == [red, blue]
+    assert model["ood"]["available"] and model["ood"]["quantile"] == 0.99 and ready["ood"]
+    assert 'ihcflow_ood_flagged_total{model_version="2.1.0"} 1.0' in metrics
+    assert 'ihcflow_ood_score_ratio_count{model_version="2.1.0"} 2.0' in metrics
+    assert 'ihcflow_ood_score_ratio_bucket{le="1.0",model_version="2.1.0"} 1.0' in metrics
+
+
+def test_a_model_json_without_ood_serves_without_it_and_says_so(tmp_path: Path) -> None:
+    settings = Settings(model_dir=write_model(tmp_path / "m"), log_dir=tmp_path)
+    with serve(create_app(settings)) as client:
+        response = client.post("/predict", files=[("files", ("a.png", png((215, 28, 25))))])
+        model = client.get("/model").json()
+        ready = client.get("/readyz").json()
+    assert response.status_code == 200 and response.json()["predictions"][0]["ood"] is None
+    assert model["ood"]["available"] is False and "no 'ood' section" in model["ood"]["reason"]
+    assert ready["ood"] is False
+    [path] = tmp_path.glob("*.jsonl")
+    assert "ood" not in read_log(path)[0]
+    broken = write_model(tmp_path / "broken", ood={**colour_ood(), "method": "energy"})
+    with pytest.raises(ModelLoadError, match="ood.method 'energy' unknown"):
+        ServedModel.load(broken)
 
 
 def test_log_images_keeps_the_uploaded_bytes(tmp_path: Path) -> None:

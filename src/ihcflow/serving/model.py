@@ -24,6 +24,7 @@ from ihcflow.model_format import (
     model_input,
     read_model_info,
 )
+from ihcflow.ood import OodError, OodScorer
 
 SERVED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # the formats the pipeline trains on
 # (N, 3, S, S) float32 in [0, 1] -> (probs (N, K), embedding (N, D))
@@ -61,6 +62,17 @@ class ServedModel:
         self.input_size = int(info["input_size"])
         self.image_params = ImageParams.from_section(info["preprocess"])
         self.runner = runner
+        self.ood: OodScorer | None = None
+        self.ood_note = (
+            "model.json has no 'ood' section (registered before out-of-distribution scoring, "
+            "or with too few validation images): predictions carry no ood score"
+        )
+        if info.get("ood") is not None:
+            try:
+                self.ood = OodScorer.from_info(info["ood"])
+            except (OodError, AttributeError) as exc:
+                raise ModelLoadError(f"model {self.name} {self.version}: {exc}") from None
+            self.ood_note = ""
         probs, embedding = self.predict(
             np.zeros((1, self.input_size, self.input_size, 3), np.uint8)
         )
@@ -70,6 +82,11 @@ class ServedModel:
                 f"(1, {len(self.class_names)}) for classes {self.class_names}"
             )
         self.embed_dim = int(embedding.shape[1])
+        if self.ood is not None and self.ood.dim != self.embed_dim:
+            raise ModelLoadError(
+                f"model {self.name} {self.version}: ood is for {self.ood.dim}-d embeddings, "
+                f"the model's are {self.embed_dim}-d"
+            )
 
     @classmethod
     def load(cls, model_dir: str | Path, *, threads: int = 1) -> ServedModel:
@@ -83,7 +100,16 @@ class ServedModel:
             k: v for k, v in (self.info.get("metrics") or {}).items() if not isinstance(v, dict)
         }
         out["onnx_sha256"] = (self.info.get("onnx") or {}).get("sha256")
+        out["ood"] = self.ood_summary()
         return out
+
+    def ood_summary(self) -> dict[str, Any]:
+        """What ``/model`` and the start-up log say about out-of-distribution scoring."""
+        if self.ood is None:
+            return {"available": False, "reason": self.ood_note}
+        node = self.info["ood"]
+        keys = ("method", "threshold", "quantile", "components", "calibrated_on", "val_flagged")
+        return {"available": True, **{k: node.get(k) for k in keys}}
 
     def prepare(self, data: bytes, source: str, *, max_pixels: int, min_side: int = 1) -> Prepared:
         """Decode one upload (format, pixel limit and ``min_side`` checked from the header

@@ -66,6 +66,17 @@ class PredictionService:
         self.metrics.prepare_seconds.observe(time.perf_counter() - start)
         return prepared, data if self.settings.log_images else b""  # keep bytes only to log them
 
+    def _ood(self, embedding: np.ndarray) -> list[dict[str, Any]] | None:
+        """``{"score", "flag"}`` per image (:mod:`ihcflow.ood`), None without a scorer."""
+        scorer = self.model.ood
+        if scorer is None:
+            return None
+        scores = scorer.scores(embedding)
+        return [
+            {"score": float(f"{s:.7g}"), "flag": bool(f)}
+            for s, f in zip(scores.tolist(), scorer.flags(scores).tolist(), strict=True)
+        ]
+
     def predict(self, uploads: Sequence[Upload], request_id: str, started: float) -> dict[str, Any]:
         """The response body; raises :class:`ApiError` for a bad upload or an unwritable log.
 
@@ -79,6 +90,7 @@ class PredictionService:
         self.metrics.inference_seconds.observe(time.perf_counter() - start)
         if not np.isfinite(probs).all():
             raise RuntimeError(f"model {self.model.version} returned non-finite probabilities")
+        ood = self._ood(embedding)
         latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
         classes = self.model.class_names
         ts = iso_z(self.log.now())
@@ -86,7 +98,14 @@ class PredictionService:
         for i, (upload, (item, data)) in enumerate(zip(uploads, prepared, strict=True)):
             predicted = classes[int(np.argmax(probs[i]))]
             probs_i = dict(zip(classes, _short(probs[i]), strict=True))
-            results.append({"filename": upload.filename, "predicted": predicted, "probs": probs_i})
+            result: dict[str, Any] = {
+                "filename": upload.filename,
+                "predicted": predicted,
+                "probs": probs_i,
+            }
+            if ood is not None:
+                result["ood"] = ood[i]
+            results.append(result)
             records.append(
                 make_record(
                     ts=ts,
@@ -99,6 +118,7 @@ class PredictionService:
                     features=item.features,
                     acquisition=item.acquisition,
                     latency_ms=latency_ms,
+                    ood=None if ood is None else ood[i],
                     embedding=_short(embedding[i]) if self.settings.log_embedding else None,
                     image_b64=(
                         base64.b64encode(data).decode("ascii") if self.settings.log_images else None
@@ -120,6 +140,8 @@ class PredictionService:
             ) from None
         for result in results:
             self.metrics.predictions.labels(self.model.version, result["predicted"]).inc()
+            if ood is not None:
+                self.metrics.observe_ood(self.model.version, result["ood"], self.model.ood)
         return {
             "request_id": request_id,
             "model_name": self.model.name,
