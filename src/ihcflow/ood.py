@@ -4,14 +4,16 @@ registration (:func:`fit_ood` on the training split, the threshold calibrated on
 validation split) and read by the server (:meth:`OodScorer.from_info`), which returns, logs
 and exports ``{"score", "flag"}`` for every image.
 
-Method: the Mahalanobis distance to the nearest class centroid in the model's embedding (the
-ONNX ``embedding`` output, its penultimate layer) with one covariance shared by the classes
-(Lee et al. 2018, "A simple unified framework for detecting out-of-distribution samples").
-The shared within-class covariance is kept as its ``components`` leading principal axes plus
-one variance for the rest (probabilistic PCA), so ``model.json`` holds a (D x k) basis
-instead of a (D x D) inverse and the rare directions are neither ignored nor amplified.
-An image that lies where no class does (a full frame instead of a centred cell, another
-magnification, another tissue) is far from every centroid even when the softmax is confident.
+Method: the Mahalanobis distance to the nearest class in the model's embedding (the ONNX
+``embedding`` output, its penultimate layer), each class with its own mean and covariance
+(Lee et al. 2018, "A simple unified framework for detecting out-of-distribution samples";
+class-conditional covariances caught three times more mis-framed images than one shared
+covariance: benchmarks/drift_real.py). Each covariance is kept as its ``components`` leading
+principal axes plus one variance for the other directions (probabilistic PCA), so
+``model.json`` holds K (D x k) bases instead of K (D x D) inverses, and rare directions are
+neither ignored nor amplified. An image that lies where no class does (a full frame instead of
+a centred cell, another magnification, another stain) is far from every class even when the
+softmax is confident.
 
 The threshold is the ``quantile`` of the validation images' scores: by construction about
 ``1 - quantile`` of in-distribution images are flagged (the validation split is not trained
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -57,30 +59,33 @@ def _decode(node: Any, name: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OodScorer:
-    """Scores embeddings; ``flag`` is ``score > threshold``."""
+    """Scores embeddings; ``flag`` is ``score > threshold``. Per class k: ``means[k]`` (D),
+    ``bases[k]`` (D x c, orthonormal leading axes of its covariance), ``variances[k]`` (c) along
+    them, ``residuals[k]`` the mean variance of the other D - c directions."""
 
-    centroids: np.ndarray  # (K, D) class means of the training embeddings
-    basis: np.ndarray  # (D, k) orthonormal leading axes of the shared within-class covariance
-    variances: np.ndarray  # (k,) the covariance's variance along each axis
-    residual_variance: float  # the mean variance of the other D - k directions
+    means: np.ndarray  # (K, D)
+    bases: np.ndarray  # (K, D, c)
+    variances: np.ndarray  # (K, c)
+    residuals: np.ndarray  # (K,)
     threshold: float = float("inf")
     quantile: float = 1.0
 
     @property
     def dim(self) -> int:
-        return int(self.centroids.shape[1])
+        return int(self.means.shape[1])
 
     def scores(self, embedding: np.ndarray) -> np.ndarray:
-        """(N, D) embeddings -> (N,) distances to the nearest class (in standard deviations
-        of the shared covariance)."""
+        """(N, D) embeddings -> (N,) distances to the nearest class, each in standard
+        deviations of that class's covariance."""
         emb = np.asarray(embedding, dtype=np.float64)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise OodError(f"embedding shape {emb.shape}, expected (N, {self.dim})")
-        diff = emb[:, None, :] - self.centroids[None, :, :]  # (N, K, D)
-        along = diff @ self.basis  # (N, K, k)
-        inside = np.sum(along**2 / self.variances, axis=-1)
-        rest = np.maximum(np.sum(diff**2, axis=-1) - np.sum(along**2, axis=-1), 0.0)
-        squared = inside + rest / self.residual_variance
+        squared = np.empty((len(emb), len(self.means)))
+        for k in range(len(self.means)):
+            diff = emb - self.means[k]
+            along = diff @ self.bases[k]
+            rest = np.maximum(np.sum(diff**2, axis=1) - np.sum(along**2, axis=1), 0.0)
+            squared[:, k] = np.sum(along**2 / self.variances[k], axis=1) + rest / self.residuals[k]
         return np.sqrt(squared.min(axis=1))
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
@@ -97,14 +102,7 @@ class OodScorer:
                 "calibrate the out-of-distribution threshold"
             )
         threshold = float(np.quantile(self.scores(validation), quantile, method="higher"))
-        return OodScorer(
-            self.centroids,
-            self.basis,
-            self.variances,
-            self.residual_variance,
-            threshold,
-            float(quantile),
-        )
+        return replace(self, threshold=threshold, quantile=float(quantile))
 
     def to_info(self, **extra: Any) -> dict[str, Any]:
         """``model.json``'s ``ood`` section (``extra``: counts for people)."""
@@ -113,12 +111,12 @@ class OodScorer:
             "threshold": self.threshold,
             "quantile": self.quantile,
             "embedding_dim": self.dim,
-            "components": int(self.basis.shape[1]),
+            "components": int(self.bases.shape[2]),
             **extra,
-            "residual_variance": self.residual_variance,
+            "means": _encode(self.means),
+            "bases": _encode(self.bases),
             "variances": _encode(self.variances),
-            "basis": _encode(self.basis),
-            "centroids": _encode(self.centroids),
+            "residuals": _encode(self.residuals),
         }
 
     @classmethod
@@ -126,55 +124,70 @@ class OodScorer:
         """Read ``model.json``'s ``ood`` section (checked)."""
         if node.get("method") != METHOD:
             raise OodError(f"ood.method {node.get('method')!r} unknown, expected {METHOD!r}")
-        centroids = _decode(node.get("centroids"), "centroids")
-        basis = _decode(node.get("basis"), "basis")
-        variances = _decode(node.get("variances"), "variances")
+        arrays = [_decode(node.get(n), n) for n in ("means", "bases", "variances", "residuals")]
+        means, bases, variances, residuals = arrays
         try:
-            residual = float(node["residual_variance"])
             threshold, quantile = float(node["threshold"]), float(node["quantile"])
         except (KeyError, TypeError, ValueError) as exc:
             raise OodError(f"ood: missing or non-numeric {exc}") from None
-        if centroids.ndim != 2 or basis.shape != (centroids.shape[1], len(variances)):
+        k, d = means.shape if means.ndim == 2 else (0, 0)
+        c = bases.shape[-1] if bases.ndim == 3 else 0
+        if (
+            not k
+            or bases.shape != (k, d, c)
+            or variances.shape != (k, c)
+            or residuals.shape != (k,)
+        ):
             raise OodError(
-                f"ood: centroids {centroids.shape}, basis {basis.shape} and variances "
-                f"{variances.shape} do not fit together"
+                f"ood: means {means.shape}, bases {bases.shape}, variances {variances.shape} "
+                f"and residuals {residuals.shape} do not fit together"
             )
-        if residual <= 0 or (variances <= 0).any():
+        if (residuals <= 0).any() or (variances <= 0).any():
             raise OodError("ood: variances must be positive")
-        return cls(centroids, basis, variances, residual, threshold, quantile)
+        return cls(means, bases, variances, residuals, threshold, quantile)
+
+
+def _gaussian(rows: np.ndarray, components: int) -> tuple[np.ndarray, ...]:
+    """Mean, leading axes, their variances and the residual variance of ``rows``."""
+    mean = rows.mean(axis=0)
+    centred = rows - mean
+    cov = centred.T @ centred / max(1, len(rows) - 1)
+    values, vectors = np.linalg.eigh(cov)  # ascending
+    values, vectors = values[::-1], vectors[:, ::-1]
+    c = int(max(1, min(components, len(mean))))
+    floor = max(float(values[0]) * 1e-6, 1e-12)  # a flat direction must not divide by 0
+    rest = values[c:]
+    residual = max(float(rest.mean()) if len(rest) else floor, floor)
+    return mean, vectors[:, :c], np.maximum(values[:c], floor), np.array(residual)
 
 
 def fit_ood(
     embedding: np.ndarray, labels: Sequence[int] | np.ndarray, n_classes: int, components: int
 ) -> OodScorer:
-    """Fit the class centroids and the shared covariance on the training embeddings
-    (uncalibrated: :meth:`OodScorer.calibrated` sets the threshold). The parameters are rounded
-    to float32 here, as ``model.json`` stores them, so the threshold is calibrated on exactly
-    the scores the server will compute."""
+    """Fit each class's mean and covariance on the training embeddings (uncalibrated:
+    :meth:`OodScorer.calibrated` sets the threshold). A class with fewer than 2 training
+    images gets the covariance of all of them. The parameters are rounded to float32 here, as
+    ``model.json`` stores them, so the threshold is calibrated on exactly the scores the
+    server will compute."""
     emb = np.asarray(embedding, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     if emb.ndim != 2 or len(emb) != len(y):
         raise OodError(f"embedding {emb.shape} for {len(y)} labels")
-    present = np.unique(y)
-    if len(present) < 2:
+    if len(np.unique(y)) < 2:
         raise OodError("the training embeddings have fewer than 2 classes")
-    dim = emb.shape[1]
-    centroids = np.zeros((n_classes, dim))
+    everyone = _gaussian(emb, components)
+    fitted = []
     for k in range(n_classes):
         rows = emb[y == k]
-        # a class absent from training has no centroid: keep it unreachable
-        centroids[k] = rows.mean(axis=0) if len(rows) else np.full(dim, 1e6)
-    within = emb - centroids[y]
-    cov = within.T @ within / max(1, len(emb) - len(present))
-    values, vectors = np.linalg.eigh(cov)  # ascending
-    values, vectors = values[::-1], vectors[:, ::-1]
-    k = int(max(1, min(components, dim, len(emb) - len(present))))
-    floor = max(float(values[0]) * 1e-6, 1e-12)  # a flat direction must not divide by 0
-    variances = np.maximum(values[:k], floor)
-    rest = values[k:]
-    residual = max(float(rest.mean()) if len(rest) else floor, floor)
-    as32 = [
-        np.asarray(a, dtype=np.float32).astype(np.float64)
-        for a in (centroids, vectors[:, :k], variances)
-    ]
-    return OodScorer(as32[0], as32[1], as32[2], float(np.float32(residual)))
+        if len(rows) >= 2:
+            fitted.append(_gaussian(rows, components))
+        else:  # too few to estimate a spread; an absent class is unreachable
+            mean = rows.mean(axis=0) if len(rows) else np.full(emb.shape[1], 1e6)
+            fitted.append((mean, *everyone[1:]))
+    c = min(f[1].shape[1] for f in fitted)
+
+    def stack(i: int, cut: bool = False) -> np.ndarray:
+        parts = [f[i][..., :c] if cut else f[i] for f in fitted]
+        return np.stack(parts).astype(np.float32).astype(np.float64)
+
+    return OodScorer(stack(0), stack(1, cut=True), stack(2, cut=True), stack(3))

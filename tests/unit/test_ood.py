@@ -19,6 +19,19 @@ def clusters(n: int, seed: int, shift: float = 0.0, dim: int = 16) -> tuple[np.n
     return centres[labels] + rng.normal(size=(n, dim)) * scale + shift, labels
 
 
+def test_each_class_has_its_own_covariance() -> None:
+    """A point typical of class 0's spread but in class 1's place is out of distribution when
+    class 1 does not vary that way (one shared covariance would call it normal)."""
+    rng = np.random.default_rng(0)
+    wide = rng.normal(size=(500, 2)) * [3.0, 0.1]  # class 0 varies along x
+    tall = rng.normal(size=(500, 2)) * [0.1, 3.0] + [20.0, 0.0]  # class 1 along y
+    train = np.vstack([wide, tall])
+    scorer = fit_ood(train, np.repeat([0, 1], 500), 2, components=2)
+    scorer = scorer.calibrated(np.vstack([wide[:50], tall[:50]]), 0.99)
+    assert not scorer.flags(scorer.scores(np.array([[5.0, 0.0], [20.0, 5.0]]))).any()
+    assert scorer.flags(scorer.scores(np.array([[20.0 + 5.0, 0.0], [0.0, 5.0]]))).all()
+
+
 def test_in_distribution_is_flagged_at_the_calibrated_rate_and_outliers_always() -> None:
     train, labels = clusters(3000, 0)
     scorer = fit_ood(train, labels, 3, components=16).calibrated(clusters(1000, 1)[0], 0.95)
@@ -54,8 +67,10 @@ def test_bad_sections_and_too_little_calibration_data_are_named() -> None:
     info = scorer.calibrated(train[:50], 0.99).to_info()
     with pytest.raises(OodError, match="ood.method 'energy' unknown"):
         OodScorer.from_info({**info, "method": "energy"})
-    with pytest.raises(OodError, match="ood.basis: not an encoded float32 array"):
-        OodScorer.from_info({**info, "basis": {"shape": [16, 4], "base64": "!!"}})
+    with pytest.raises(OodError, match="ood.bases: not an encoded float32 array"):
+        OodScorer.from_info({**info, "bases": {"shape": [3, 16, 4], "base64": "!!"}})
+    with pytest.raises(OodError, match="do not fit together"):
+        OodScorer.from_info({**info, "residuals": info["variances"]})
     with pytest.raises(OodError, match=r"embedding shape \(2, 5\), expected \(N, 16\)"):
         scorer.scores(np.zeros((2, 5)))
     with pytest.raises(OodError, match="fewer than 2 classes"):

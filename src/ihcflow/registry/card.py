@@ -133,8 +133,9 @@ def _ood(ood: Mapping[str, Any] | None) -> Lines:
         ]
     return [
         f"Out-of-distribution flag: Mahalanobis distance to the nearest class in the "
-        f"embedding ({ood['components']} axes), threshold {ood['threshold']:.4g} = the "
-        f"{ood['quantile']:g} quantile of {ood['calibrated_on']} validation images' scores "
+        f"embedding (each class's covariance, {ood['components']} axes), threshold "
+        f"{ood['threshold']:.4g} = the {ood['quantile']:g} quantile of "
+        f"{ood['calibrated_on']} validation images' scores "
         f"({ood['val_flagged']:.1%} of them flagged).",
         "",
     ]
