@@ -43,9 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from ihcflow.data import synth  # noqa: E402
-from ihcflow.io import load_params, read_json, write_json_atomic  # noqa: E402
-from ihcflow.registry import evaluate_gate  # noqa: E402
-from ihcflow.reporting.metrics import HEADLINE  # noqa: E402
+from ihcflow.config import load_params  # noqa: E402
+from ihcflow.files import read_json, write_json_atomic  # noqa: E402
+from ihcflow.registry.gate import evaluate_gate  # noqa: E402
+from ihcflow.tables import HEADLINE_METRICS as HEADLINE  # noqa: E402
 
 KERNELS: dict[str, dict[str, str]] = {
     "default": {"ATEN_CPU_CAPABILITY": "default"},
