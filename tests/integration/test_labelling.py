@@ -1,0 +1,172 @@
+"""The labelling loop against a real Label Studio (the venv `make labelstudio` creates), driven
+over HTTP: `ihcflow label select` -> `push` -> people sign up and label in Label Studio ->
+`pull` into data/ (DVC). Skipped, with the reason, when Label Studio is not installed.
+
+The model here is a small real ONNX graph (mean colour -> class); the whole loop on the sample
+with training and the gate is `test_the_loop_on_the_sample_retrains_and_compares`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import cohen_kappa_score
+
+from ihcflow.io import sha256_file
+from tests.conftest import run_cmd
+from tests.integration.test_pipeline_data import DVC, IHCFLOW
+from tests.labelstudio import SKIP_REASON, Labeller, LabelStudio, installed, running, screenshot
+from tests.unit.test_labelling import image_bytes, put
+from tests.unit.test_serving import write_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not installed(), reason=SKIP_REASON)]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    with running(tmp_path_factory.mktemp("label-studio")) as server:
+        yield server
+
+
+def dotenv(root: Path, url: str, key: str) -> None:
+    """Where and as whom, the way a user keeps it: a git-ignored .env in the project."""
+    (root / ".env").write_text(f"LABEL_STUDIO_URL={url}\nLABEL_STUDIO_API_KEY={key}\n")
+
+
+@pytest.fixture
+def workspace(project, studio: LabelStudio) -> Path:
+    """A git + DVC project with a registered model (classes neg, pos, mixed), data/ (layout 1,
+    `dvc add`ed and committed) and a folder of new images; .env points at Label Studio."""
+    root = project()
+    write_model(root / "models")
+    for i in range(3):
+        put(root / f"data/neg/n{i}.png", image_bytes((200 + i, 30, 30)))
+    put(root / "data/pos/p0.png", image_bytes((30, 200, 30)))
+    put(root / "data/mixed/m0.png", image_bytes((60, 60, 220)))
+    run_cmd([DVC, "add", "-q", "data"], root)
+    run_cmd(["git", "add", "-A"], root)
+    run_cmd(["git", "commit", "-qm", "data"], root)
+    for i, colour in enumerate([(120, 110, 20), (100, 125, 30), (130, 100, 30), (40, 40, 250)]):
+        put(root / f"new/scan_{i}.png", image_bytes(colour))
+    put(root / "new/scan_4.jpg", image_bytes((90, 140, 60), fmt="JPEG"))
+    dotenv(root, studio.url, studio.token)
+    return root
+
+
+def label(root: Path, *args: str) -> str:
+    return run_cmd([IHCFLOW, "label", *args], root).stdout
+
+
+def test_push_label_pull_through_label_studio(
+    workspace: Path, studio: LabelStudio, tmp_path: Path
+) -> None:
+    root = workspace
+    assert "chose 5 of 5 image(s)" in label(
+        root, "select", "new", "-n", "5", "--out", "labelling/b1"
+    )
+    untracked = run_cmd(["git", "status", "--porcelain"], root).stdout
+    assert untracked == "?? new/\n"  # .env (the key) and labelling/ (patient images) are ignored
+
+    out = label(root, "push", "labelling/b1", "--annotators", "3")
+    assert "created project" in out and "imported 5 task(s)" in out
+    pushed = json.loads((root / "labelling/b1/push.json").read_text())
+    project, task_of = pushed["project"], pushed["tasks"]
+    manifest = pd.read_csv(root / "labelling/b1/manifest.csv")
+    with studio.admin() as admin:
+        info = admin.get(f"/api/projects/{project}").json()
+        tasks = admin.get("/api/tasks", params={"project": project}).json()["tasks"]
+    assert info["title"] == "ihcflow unit" and info["maximum_annotations"] == 3
+    assert '<Choice value="mixed"/>' in info["label_config"]
+    assert len(tasks) == 5 and all(t["total_predictions"] == 1 for t in tasks)
+    again = label(root, "push", "labelling/b1")
+    assert "reused project" in again and "5 already there" in again
+
+    # three people sign up in the browser and label; one task stays untouched
+    people = [Labeller(studio.url, f"path{i}@lab.invalid", f"pw-{i}-long-enough") for i in range(3)]
+    t = [task_of[sha] for sha in manifest["sha256"]]
+    plan = {  # task -> each person's choice (None: Skip)
+        t[0]: ["neg", "neg", "neg"],
+        t[1]: ["pos", "pos", "neg"],  # majority pos, a disagreement
+        t[2]: ["pos", "mixed", None],  # a tie
+        t[3]: [None, None, None],  # everyone skipped
+    }
+    for task_id, choices in plan.items():
+        for person, choice in zip(people, choices, strict=True):
+            person.annotate(task_id, choice, skip=choice is None)
+    export_file = tmp_path / "export.json"  # what a user downloads from the Export button
+    with studio.admin() as admin:
+        export = admin.get(f"/api/projects/{project}/export", params={"exportType": "JSON"})
+    export_file.write_bytes(export.content)
+
+    # pull through the API with a personal access token (a JWT, refreshed by the client)
+    dotenv(root, studio.url, studio.personal_access_token())
+    data_md5 = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    out = label(root, "pull", "--batch", "labelling/b1")
+    assert (
+        f"{studio.url} project {project}: 5 task(s): 2 accepted, 1 skipped, 1 tie, 1 unannotated"
+        in out
+    )
+    table = pd.read_csv(root / "data/labelled.csv", dtype=str).set_index("task_id")
+    assert table.loc[str(t[0]), "class"] == "neg" and table.loc[str(t[1]), "class"] == "pos"
+    assert table.loc[str(t[1]), "votes"] == "neg 1, pos 2"
+    assert (
+        table.loc[str(t[1]), "annotators"]
+        == "path0@lab.invalid;path1@lab.invalid;path2@lab.invalid"
+    )
+    for _, row in table.iterrows():
+        assert sha256_file(root / "data" / row["path"]) == row["sha256"]
+        assert row["path"].startswith(f"{row['class']}/label-")
+    report = json.loads((root / "labelling/b1/pull.json").read_text())
+    assert [x["task_id"] for x in report["ties"]] == [t[2]]
+    assert [x["task_id"] for x in report["disagreements"]] == [t[1]]
+    pairs = {tuple(p["annotators"]): p for p in report["agreement"]["cohen_kappa"]}
+    a = [plan[k][0] for k in (t[0], t[1])]
+    b = [plan[k][2] for k in (t[0], t[1])]
+    expected = cohen_kappa_score(a, b)
+    assert pairs[("path0@lab.invalid", "path2@lab.invalid")]["kappa"] == pytest.approx(expected)
+
+    # DVC versions the new data
+    assert yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"] != data_md5
+    assert "data.dvc" in run_cmd(["git", "status", "--porcelain"], root).stdout
+    assert run_cmd([DVC, "status", "data.dvc"], root).stdout.strip().endswith("up to date.")
+    # the export file (annotated tasks only) gives the same decisions; pulling again adds nothing
+    repeat = label(root, "pull", "--export", str(export_file), "--no-dvc")
+    assert "4 task(s): 2 already pulled, 1 skipped, 1 tie" in repeat
+    for person in people:
+        person.close()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium not installed")
+def test_the_labelling_page_shows_the_model_guess(
+    workspace: Path, studio: LabelStudio, tmp_path: Path
+) -> None:
+    label(workspace, "select", "new", "-n", "1", "--no-balance", "--out", "labelling/one")
+    label(workspace, "push", "labelling/one", "--title", "screenshot check")
+    pushed = json.loads((workspace / "labelling/one/push.json").read_text())
+    [task_id] = pushed["tasks"].values()
+    guess = pd.read_csv(workspace / "labelling/one/manifest.csv")["predicted"][0]
+    person = Labeller(studio.url, "viewer@lab.invalid", "viewer-password-1")
+    checked = "[...document.querySelectorAll('.ant-checkbox-wrapper-checked')]"
+    shot = screenshot(
+        f"{studio.url}/projects/{pushed['project']}/data?task={task_id}",
+        person.cookies,
+        tmp_path / "task.png",
+        # the page is ready when the model's class is the pre-selected choice
+        ready=f"{checked}.map(e => e.textContent).join('|').startsWith({json.dumps(guess)})",
+        size=(1400, 1150),
+        timeout=300,
+    )
+    from ihcflow.imageio import read_rgb8
+
+    pixels, _ = read_rgb8(shot)
+    assert pixels.shape[:2] == (1150, 1400) and pixels.std() > 20
+    person.close()
+    with httpx.Client(base_url=studio.url, timeout=60) as anonymous:  # nothing without login
+        assert anonymous.get(f"/api/tasks/{task_id}").status_code == 401
