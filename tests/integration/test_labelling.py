@@ -170,3 +170,72 @@ def test_the_labelling_page_shows_the_model_guess(
     person.close()
     with httpx.Client(base_url=studio.url, timeout=60) as anonymous:  # nothing without login
         assert anonymous.get(f"/api/tasks/{task_id}").status_code == 401
+
+
+def test_the_loop_on_the_sample_retrains_and_compares(project, studio: LabelStudio) -> None:
+    """select -> push -> label -> pull -> `dvc exp run` (the gate) -> compare, on the sample."""
+    from ihcflow.imageio import encode_png, read_rgb8
+    from ihcflow.monitoring.simulate import scale_brightness
+    from tests.integration.test_pipeline_full import experiments, overrides, sample_project
+
+    epochs = {"train.epochs": 3}
+    root = sample_project(project, **epochs)
+    run_cmd([DVC, "repro", "split"], root)
+    frozen = label(root, "freeze-split")  # the test set stays what it is now (layout 2)
+    assert "is layout 2 now, as processed/split.csv split it: train 200, val 50, test 50" in frozen
+    test_before = pd.read_csv(root / "processed/split.csv").query("split == 'test'")
+    run_cmd([DVC, "repro"], root)
+    run_cmd(["git", "add", "-A"], root)
+    run_cmd(["git", "commit", "-qm", "model 1.0.0"], root)
+    before = json.loads((root / "models/model.json").read_text())
+    metrics_before = json.loads((root / "reports/metrics.json").read_text())
+
+    # a new scanner, 20 % darker: images the model has not seen, their classes known here
+    run_cmd([IHCFLOW, "data", "synth", "--out", "new", "--per-class", "8", "--patients", "2",
+             "--seed", "2027"], root)  # fmt: skip
+    for path in sorted((root / "new").rglob("*.png")):
+        path.write_bytes(encode_png(scale_brightness(read_rgb8(path)[0], 0.8)))
+    dotenv(root, studio.url, studio.token)
+    selected = label(root, "select", "new", "-n", "20", "--out", "labelling/scanner-2")
+    assert "out-of-distribution score against the" in selected  # the training embeddings
+    label(root, "push", "labelling/scanner-2", "--annotators", "2", "--title", "loop")
+    pushed = json.loads((root / "labelling/scanner-2/push.json").read_text())
+    manifest = pd.read_csv(root / "labelling/scanner-2/manifest.csv")
+    pathologists = [Labeller(studio.url, f"dr{i}@lab.invalid", f"pw-dr{i}-long") for i in (1, 2)]
+    for row in manifest.itertuples():
+        truth = row.source.split("/")[0]  # new/<class>/<file>: what a pathologist would say
+        for person in pathologists:
+            person.annotate(pushed["tasks"][row.sha256], truth)
+    pulled = label(root, "pull", "--batch", "labelling/scanner-2")
+    assert "20 task(s): 20 accepted" in pulled and "Fleiss' kappa 1.000" in pulled
+    run_cmd(["git", "add", "data.dvc"], root)
+    run_cmd(["git", "commit", "-qm", "data: scanner-2 labelled"], root)
+
+    # retrain: the whole pipeline reruns on the grown data; the gate decides on registration
+    exp = run_cmd([DVC, "exp", "run", "-n", "with-scanner-2", *overrides(**epochs)], root)
+    assert "Running stage 'register'" in exp.stdout
+    after = json.loads((root / "models/model.json").read_text())
+    assert (before["version"], after["version"]) == ("1.0.0", "1.0.1")
+    validation = json.loads((root / "reports/data/validation.json").read_text())
+    assert validation["n_rejected"] == 0 and validation["n_valid"] == 320  # 300 + 20 labelled
+    assert "with-scanner-2" in experiments(root)
+
+    # the same test split before and after: the labelled images went to train
+    test_after = pd.read_csv(root / "processed/split.csv").query("split == 'test'")
+    assert sorted(test_after["sha256"]) == sorted(test_before["sha256"])
+    metrics_after = json.loads((root / "reports/metrics.json").read_text())
+    assert metrics_after["n_test"] == metrics_before["n_test"] == 50
+    compared = label(root, "compare", "--base", "HEAD", "--json", "compare.json")
+    print(compared)
+    result = json.loads((root / "compare.json").read_text())
+    assert result["base"]["model"] == "ihc-classifier 1.0.0"
+    assert result["new"]["model"] == "ihc-classifier 1.0.1"
+    assert result["images"] == result["test_images"] == 50
+    for side, metrics in (("base", metrics_before), ("new", metrics_after)):
+        # re-evaluated from the raw files, each model as the server prepares them: what the
+        # evaluate stage measured on the preprocessed images
+        assert result["metrics"][side]["accuracy"] == pytest.approx(metrics["accuracy"], abs=0.03)
+    assert "50 of the 50 test image(s) are unseen by both models" in compared
+    assert "metric" in run_cmd([IHCFLOW, "report", "metrics", "--against", "HEAD"], root).stdout
+    for person in pathologists:
+        person.close()

@@ -448,3 +448,48 @@ def test_export_file_must_be_label_studio_json(tmp_path: Path) -> None:
     bad = put(tmp_path / "export.json", b'{"tasks": []}')
     with pytest.raises(ValueError, match="expected Label Studio's JSON export"):
         pull_mod.read_export(bad)
+
+
+# ------------------------------------------------------------------------------ freeze-split
+
+
+def test_freeze_split_keeps_the_split_as_layout_2(workspace: Path) -> None:
+    from ihcflow.data.layout import discover
+    from ihcflow.labelling.freeze import freeze_split
+
+    data = workspace / "data"
+    split = {"neg/n0.png": "train", "neg/n1.png": "val", "neg/n2.png": "test",
+             "pos/p0.png": "train", "mixed/m0.png": "test"}  # fmt: skip
+    rows = [
+        {"path": p, "sha256": sha256_file(data / p), "class": p.split("/")[0], "split": s,
+         "group": p, "image": f"processed/images/{sha256_file(data / p)}.png"}
+        for p, s in split.items()
+    ]  # fmt: skip
+    table = workspace / "split.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    put(data / "groups.csv", b"path,group\nneg/n0.png,P1\nneg/n2.png,P2\n")
+    put(data / "stray/x.png", image_bytes(RED, size=5))
+    with pytest.raises(ValueError, match=r"1 file\(s\) of .* are not in .*split.csv"):
+        freeze_split(data, table)
+    (data / "stray/x.png").unlink()
+    (data / "stray").rmdir()
+    put(data / "neg/n1.png", image_bytes((1, 2, 3)))  # changed since the split
+    with pytest.raises(ValueError, match="does not describe today's"):
+        freeze_split(data, table)
+    put(data / "neg/n1.png", image_bytes((201, 30, 30)))
+    pd.DataFrame(rows).assign(sha256=[sha256_file(data / p) for p in split]).to_csv(
+        table, index=False
+    )
+    inodes = {p: (data / p).stat().st_ino for p in split}
+
+    assert freeze_split(data, table) == {"train": 2, "val": 1, "test": 2}
+    layout = discover(data)
+    assert layout.kind == 2
+    assert {(e.path, e.given_split) for e in layout.entries} == {
+        (f"{s}/{p}", s) for p, s in split.items()
+    }
+    assert all((data / f"{s}/{p}").stat().st_ino == inodes[p] for p, s in split.items())
+    groups = pd.read_csv(data / "groups.csv")
+    assert groups["path"].tolist() == ["train/neg/n0.png", "test/neg/n2.png"]
+    with pytest.raises(ValueError, match="already layout 2"):
+        freeze_split(data, table)

@@ -121,6 +121,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_freeze(args: argparse.Namespace) -> int:
+    from ihcflow.labelling.freeze import freeze_split
+    from ihcflow.labelling.pull import dvc_add
+
+    counts = freeze_split(args.data, args.split_csv)
+    print(
+        f"{args.data} is layout 2 now, as {args.split_csv} split it: "
+        + ", ".join(f"{s} {n}" for s, n in counts.items())
+    )
+    dvc_file = dvc_add(args.data)
+    if dvc_file is not None:
+        print(f"`dvc add {args.data}` done: `git add {dvc_file.name} && git commit`, `dvc repro`")
+    return 0
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``ihcflow label ...`` on the top-level parser's subparsers."""
     label = subparsers.add_parser(
@@ -203,6 +218,15 @@ def add_parser(subparsers: Any) -> None:
     pul.add_argument("--no-dvc", action="store_true", help="do not run `dvc add data`")
     pul.add_argument("--report", type=Path, help="write the report as JSON here")
     pul.set_defaults(func=_cmd_pull)
+
+    frz = sub.add_parser(
+        "freeze-split",
+        help="write a layout-1 data/ as layout 2 by processed/split.csv, so that the test set "
+        "stays the same when labelled images are added",
+    )
+    frz.add_argument("--data", type=Path, default=Path("data"))
+    frz.add_argument("--split-csv", type=Path, default=Path("processed/split.csv"))
+    frz.set_defaults(func=_cmd_freeze)
 
     cmp_ = sub.add_parser(
         "compare",

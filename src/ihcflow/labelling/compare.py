@@ -126,17 +126,18 @@ def describe(result: Mapping[str, Any]) -> str:
     mb, mn = result["metrics"]["base"], result["metrics"]["new"]
     left = f"{base['rev']} ({base['model']})"
     right = f"workspace ({new['model']})"
+    width = max(len(left), len(right), 8)
     lines = [
         f"{result['images']} of the {result['test_images']} test image(s) are unseen by both "
         f"models ({result['labelled_images']} of them from `label pull`): "
         + ", ".join(f"{c} {n}" for c, n in result["per_class"].items()),
-        f"  {'metric':<18} {left:>24} {right:>24} {'change':>8}",
+        f"  {'metric':<18} {left:>{width}} {right:>{width}} {'change':>8}",
     ]
     for key in HEADLINE:
         a, b = mb.get(key), mn.get(key)
         change = "n/a" if a is None or b is None else f"{b - a:+.4f}"
         cells = ["n/a" if v is None else f"{v:.4f}" for v in (a, b)]
-        lines.append(f"  {key:<18} {cells[0]:>24} {cells[1]:>24} {change:>8}")
+        lines.append(f"  {key:<18} {cells[0]:>{width}} {cells[1]:>{width}} {change:>8}")
     recall = [
         f"{c} {_r(mb['per_class'][c]['recall'])} -> {_r(mn['per_class'][c]['recall'])}"
         for c in mb["per_class"]
