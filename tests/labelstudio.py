@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import REPO
+from tests.integration.test_serving import free_port
 
 VENV = Path(os.environ.get("IHCFLOW_LABEL_STUDIO_VENV", REPO / ".venv-labelstudio"))
 BINARY = VENV / "bin" / "label-studio"
@@ -37,12 +37,6 @@ START_TIMEOUT = 420  # s: the first start creates the database (migrations), slo
 
 def installed() -> bool:
     return os.access(BINARY, os.X_OK)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ihcflow.io import read_csv_table
 from ihcflow.labelling.model import RegisteredModel, load_model, load_model_bytes
 from ihcflow.labelling.pull import PROVENANCE
@@ -46,15 +48,21 @@ def _split_table(path: Path, what: str) -> Any:
     )
 
 
-def _score(model: RegisteredModel, files: list[Path], labels: list[str]) -> dict[str, Any]:
-    from ihcflow.evaluation import compute_metrics, label_indices
-
+def _predict(model: RegisteredModel, files: list[Path]) -> np.ndarray:
     out = model.predict_files(files)
     if out.problems:
         first = next(iter(out.problems.values()))
         raise ValueError(f"{len(out.problems)} test image(s) cannot be predicted (first: {first})")
+    return out.probs
+
+
+def _metrics(
+    probs: np.ndarray, labels: list[str], mask: np.ndarray, model: RegisteredModel
+) -> dict[str, Any]:
+    from ihcflow.evaluation import compute_metrics, label_indices
+
     y = label_indices(labels, model.class_names, f"model {model.label}")
-    return compute_metrics(y, out.probs, model.class_names)
+    return compute_metrics(y[mask], probs[mask], model.class_names)
 
 
 def compare(
@@ -103,20 +111,26 @@ def compare(
         )
     files = [root / data_dir / p for p in common["path"]]
     labels = common["class"].tolist()
-    return {
+    from_pull = common["sha256"].isin(labelled).to_numpy()
+    everything = np.ones(len(common), dtype=bool)
+    result: dict[str, Any] = {
         "base": {"rev": base, "commit": commit, "model": old_model.label},
         "new": {"rev": "workspace", "model": new_model.label},
         "images": len(common),
         "test_images": len(test),
-        "labelled_images": int(common["sha256"].isin(labelled).sum()),
+        "labelled_images": int(from_pull.sum()),
         "per_class": {
             str(k): int(v) for k, v in common["class"].value_counts().sort_index().items()
         },
-        "metrics": {
-            "base": _score(old_model, files, labels),
-            "new": _score(new_model, files, labels),
-        },
+        "metrics": {},
+        "labelled_metrics": {},  # on the test images `label pull` added (e.g. a new scanner's)
     }
+    for side, model in (("base", old_model), ("new", new_model)):
+        probs = _predict(model, files)
+        result["metrics"][side] = _metrics(probs, labels, everything, model)
+        if from_pull.any():
+            result["labelled_metrics"][side] = _metrics(probs, labels, from_pull, model)
+    return result
 
 
 def describe(result: Mapping[str, Any]) -> str:
@@ -144,6 +158,13 @@ def describe(result: Mapping[str, Any]) -> str:
         if mb["per_class"][c]["support"]
     ]
     lines.append("  recall per class: " + ", ".join(recall))
+    if result["labelled_metrics"]:
+        lb, ln = result["labelled_metrics"]["base"], result["labelled_metrics"]["new"]
+        lines.append(
+            f"  on the {result['labelled_images']} test image(s) from `label pull`: accuracy "
+            f"{lb['accuracy']:.4f} -> {ln['accuracy']:.4f}, balanced accuracy "
+            f"{lb['balanced_accuracy']:.4f} -> {ln['balanced_accuracy']:.4f}"
+        )
     if result["images"] < 30:
         lines.append(
             f"  only {result['images']} image(s): a difference of one image is "

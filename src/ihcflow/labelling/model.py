@@ -4,7 +4,9 @@
   exactly as the server does it (:class:`ihcflow.serving.model.ServedModel`);
 - the embeddings of the training images, for the out-of-distribution score (the drift
   monitor's reference: :func:`ihcflow.monitoring.sources.load_reference`, same cache);
-- the content hashes of ``data/`` (:func:`ihcflow.data.layout.discover` lists the files).
+- the content hashes of ``data/`` (:func:`ihcflow.data.layout.discover` lists the files), and
+  the image files of a folder as the drift monitor finds them
+  (:func:`ihcflow.monitoring.sources.image_files`).
 """
 
 from __future__ import annotations
@@ -133,6 +135,14 @@ def training_embeddings(model: RegisteredModel, root: str | Path) -> tuple[np.nd
     emb = reference.embeddings
     assert emb is not None
     return emb, f"out-of-distribution score against the {len(emb)} training images"
+
+
+def image_files(folder: Path) -> tuple[list[Path], int]:
+    """Image files under ``folder`` (recursive, hidden entries skipped) and how many other
+    files there are."""
+    from ihcflow.monitoring.sources import image_files as found
+
+    return found(folder)
 
 
 def data_hashes(data_dir: str | Path) -> tuple[Layout, dict[str, str]]:

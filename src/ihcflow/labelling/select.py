@@ -43,7 +43,7 @@ import pandas as pd
 
 from ihcflow.imageio import IMAGE_SUFFIXES
 from ihcflow.io import atomic_dir, sha256_file, write_csv_atomic, write_json_atomic
-from ihcflow.labelling.model import RegisteredModel, data_hashes, training_embeddings
+from ihcflow.labelling.model import RegisteredModel, data_hashes, image_files, training_embeddings
 
 UNCERTAINTY = ("margin", "entropy")
 K_NEIGHBOURS = 5  # neighbours averaged for the distance to the training set
@@ -231,16 +231,8 @@ def folder_candidates(folder: Path) -> tuple[list[Candidate], int]:
     """Image files under ``folder`` and how many other files there are."""
     if not folder.is_dir():
         raise SelectError(f"{folder}: not a folder of images")
-    files, others = [], 0
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            files.append(Candidate(path, rel.as_posix(), sha256_file(path)))
-        else:
-            others += 1
-    return files, others
+    files, others = image_files(folder)
+    return [Candidate(p, p.relative_to(folder).as_posix(), sha256_file(p)) for p in files], others
 
 
 def upload_candidates(
@@ -250,7 +242,7 @@ def upload_candidates(
     files whose bytes do not hash to their name, or that are not images, are left out."""
     if not folder.is_dir():
         raise SelectError(f"{folder}: uploads folder not found")
-    days = sorted(p for p in folder.iterdir() if p.is_dir() and _UPLOAD_DAY.match(p.name))
+    days = sorted(p for p in folder.iterdir() if p.is_dir() and _day(p.name) is not None)
     if not days:
         raise SelectError(
             f"{folder}: no day folders (YYYY-MM-DD/<sha256>.<ext>): is this the folder the "
@@ -258,7 +250,7 @@ def upload_candidates(
         )
     files, problems = [], []
     for day in days:
-        if since is not None and dt.date.fromisoformat(day.name) < since:
+        if since is not None and (_day(day.name) or since) < since:
             continue
         for path in sorted(day.iterdir()):
             if path.name.startswith(".") or not path.is_file():
@@ -275,6 +267,15 @@ def upload_candidates(
                 continue
             files.append(Candidate(path, rel, digest))
     return files, problems
+
+
+def _day(name: str) -> dt.date | None:
+    if not _UPLOAD_DAY.match(name):
+        return None
+    try:
+        return dt.date.fromisoformat(name)
+    except ValueError:
+        return None
 
 
 def earlier_batches(out: Path) -> dict[str, str]:
