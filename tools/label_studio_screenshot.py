@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.labelstudio import Labeller, installed, running, screenshot  # noqa: E402
+from tests.helpers.labelstudio import Labeller, installed, running, screenshot  # noqa: E402
 
 
 def ihcflow(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     if not installed():
         raise SystemExit("Label Studio is not installed: `make labelstudio`")
-    from ihcflow.imageio import encode_png, read_rgb8
+    from ihcflow.images.codec import encode_png, read_rgb8
     from ihcflow.monitoring.simulate import scale_brightness
 
     with tempfile.TemporaryDirectory(prefix="ihcflow-shot-") as tmp:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cmd
-from tests.integration.test_pipeline_full import GATE_OPEN
+from tests.helpers import REPO, run_cmd
+from tests.helpers.pipeline import GATE_OPEN
 
 BENCH = REPO / "benchmarks"
 
@@ -58,3 +58,18 @@ def test_experiment_benchmark(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert result["images"] == {"train": 36, "val": 8, "test": 10}
     assert result["seconds"]["total"] > 0 and result["registered"].startswith("ihc-classifier")
+
+
+@pytest.mark.slow
+def test_robustness_benchmark(tmp_path: Path) -> None:
+    tiny = ["data.synth.per_class=6", "data.synth.patients=6", "data.synth.size=64",
+            "preprocess.size=16", "train.epochs=1", "gate.verify_images=2"]  # fmt: skip
+    args = [arg for item in tiny for arg in ("-S", item)]
+    cmd = [sys.executable, str(BENCH / "robustness.py"), "--seeds", "3", "--kernels", "avx2"]
+    proc = run_cmd([*cmd, *args, "--json", "r.json"], tmp_path, check=False)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: goals not met (one epoch at 16 px)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["kernels"], r["seed"]) for r in result["runs"]] == [("avx2", 3)]
+    summary = result["summary"]
+    assert summary["runs"] == 1 and set(summary["tolerance"]) >= {"accuracy", "f1_macro"}
+    assert "gates passed:" in proc.stdout

@@ -19,12 +19,21 @@ import pytest
 import yaml
 from sklearn.metrics import cohen_kappa_score
 
-from ihcflow.io import sha256_file
-from tests.conftest import run_cmd
-from tests.integration.test_pipeline_data import DVC, IHCFLOW
-from tests.labelstudio import SKIP_REASON, Labeller, LabelStudio, installed, running, screenshot
-from tests.unit.test_labelling import image_bytes, put
-from tests.unit.test_serving import write_model
+from ihcflow.files import sha256_file
+from ihcflow.images.codec import encode_png, read_rgb8
+from ihcflow.monitoring.simulate import scale_brightness
+from tests.helpers import run_cmd
+from tests.helpers.data import png
+from tests.helpers.labelling import TILE, labelled_project, put
+from tests.helpers.labelstudio import (
+    SKIP_REASON,
+    Labeller,
+    LabelStudio,
+    installed,
+    running,
+    screenshot,
+)
+from tests.helpers.pipeline import DVC, IHCFLOW, experiments, overrides, sample_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not installed(), reason=SKIP_REASON)]
 
@@ -44,18 +53,13 @@ def dotenv(root: Path, url: str, key: str) -> None:
 def workspace(project, studio: LabelStudio) -> Path:
     """A git + DVC project with a registered model (classes neg, pos, mixed), data/ (layout 1,
     `dvc add`ed and committed) and a folder of new images; .env points at Label Studio."""
-    root = project()
-    write_model(root / "models")
-    for i in range(3):
-        put(root / f"data/neg/n{i}.png", image_bytes((200 + i, 30, 30)))
-    put(root / "data/pos/p0.png", image_bytes((30, 200, 30)))
-    put(root / "data/mixed/m0.png", image_bytes((60, 60, 220)))
+    root = labelled_project(project())
     run_cmd([DVC, "add", "-q", "data"], root)
     run_cmd(["git", "add", "-A"], root)
     run_cmd(["git", "commit", "-qm", "data"], root)
     for i, colour in enumerate([(120, 110, 20), (100, 125, 30), (130, 100, 30), (40, 40, 250)]):
-        put(root / f"new/scan_{i}.png", image_bytes(colour))
-    put(root / "new/scan_4.jpg", image_bytes((90, 140, 60), fmt="JPEG"))
+        put(root / f"new/scan_{i}.png", png(colour, TILE))
+    put(root / "new/scan_4.jpg", png((90, 140, 60), TILE, "JPEG"))
     dotenv(root, studio.url, studio.token)
     return root
 
@@ -163,8 +167,6 @@ def test_the_labelling_page_shows_the_model_guess(
         size=(1400, 1150),
         timeout=300,
     )
-    from ihcflow.imageio import read_rgb8
-
     pixels, _ = read_rgb8(shot)
     assert pixels.shape[:2] == (1150, 1400) and pixels.std() > 20
     person.close()
@@ -174,10 +176,6 @@ def test_the_labelling_page_shows_the_model_guess(
 
 def test_the_loop_on_the_sample_retrains_and_compares(project, studio: LabelStudio) -> None:
     """select -> push -> label -> pull -> `dvc exp run` (the gate) -> compare, on the sample."""
-    from ihcflow.imageio import encode_png, read_rgb8
-    from ihcflow.monitoring.simulate import scale_brightness
-    from tests.integration.test_pipeline_full import experiments, overrides, sample_project
-
     epochs = {"train.epochs": 3}
     root = sample_project(project, **epochs)
     run_cmd([DVC, "repro", "split"], root)

@@ -4,7 +4,6 @@ blue mixed), the images real files; Label Studio's export is built in its JSON f
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 from collections.abc import Callable
@@ -14,11 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
 
-from ihcflow.io import sha256_bytes, sha256_file
+from ihcflow.files import sha256_bytes, sha256_file
 from ihcflow.labelling import pull as pull_mod
 from ihcflow.labelling.model import load_model
 from ihcflow.labelling.push import TASKS_JSON, push
@@ -35,31 +33,24 @@ from ihcflow.labelling.select import (
 from ihcflow.labelling.studio import StudioError, connection
 from ihcflow.labelling.tasks import config_classes, data_url_bytes, label_config
 from ihcflow.labelling.votes import Decision, Vote, agreement, cohen_kappa, fleiss_kappa
-from tests.unit.test_serving import CLASSES, write_model
-
-RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (60, 60, 220)
-
-
-def image_bytes(colour: tuple[int, int, int], fmt: str = "PNG", size: int = 12) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def put(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
+from tests.helpers.data import png
+from tests.helpers.labelling import (
+    BLUE,
+    GREEN,
+    RED,
+    TILE,
+    annotation,
+    exported,
+    labelled_project,
+    put,
+)
+from tests.helpers.models import ONNX_CLASSES as CLASSES
 
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """A registered model, data/ in layout 1 (neg 3, pos 1, mixed 1), a folder of new images."""
-    write_model(tmp_path / "models")
-    for i in range(3):
-        put(tmp_path / f"data/neg/n{i}.png", image_bytes((200 + i, 30, 30)))
-    put(tmp_path / "data/pos/p0.png", image_bytes((30, 200, 30)))
-    put(tmp_path / "data/mixed/m0.png", image_bytes((60, 60, 220)))
+    labelled_project(tmp_path)
     new = tmp_path / "new"
     colours = {
         "a_unsure.png": (120, 110, 20),  # red ~ green: neg and pos close
@@ -70,7 +61,7 @@ def workspace(tmp_path: Path) -> Path:
         "f_red_unsure.png": (130, 100, 30),
     }
     for name, colour in colours.items():
-        put(new / name, image_bytes(colour))
+        put(new / name, png(colour, TILE))
     put(new / "sub/known.png", (tmp_path / "data/neg/n0.png").read_bytes())  # already in data/
     put(new / "sub/twice.png", (new / "b_red.png").read_bytes())  # same bytes twice
     put(new / "broken.png", b"\x89PNG\r\n\x1a\n not really")
@@ -190,12 +181,12 @@ def test_select_balances_by_class_counts_in_data(workspace: Path) -> None:
 
 
 def test_uploads_layout_is_checked(tmp_path: Path) -> None:
-    good = image_bytes(RED)
+    good = png(RED, TILE)
     put(tmp_path / f"2026-05-01/{sha256_bytes(good)}.png", good)
-    later = image_bytes(GREEN)
+    later = png(GREEN, TILE)
     put(tmp_path / f"2026-05-03/{sha256_bytes(later)}.png", later)
-    put(tmp_path / f"2026-05-03/{'0' * 64}.png", image_bytes(BLUE))  # renamed or altered
-    put(tmp_path / "2026-05-03/upload.png", image_bytes(BLUE))
+    put(tmp_path / f"2026-05-03/{'0' * 64}.png", png(BLUE, TILE))  # renamed or altered
+    put(tmp_path / "2026-05-03/upload.png", png(BLUE, TILE))
     files, problems = upload_candidates(tmp_path)
     assert [f.sha256 for f in files] == [sha256_bytes(good), sha256_bytes(later)]
     assert files[0].source == f"2026-05-01/{sha256_bytes(good)}.png"
@@ -212,7 +203,7 @@ def test_uploads_layout_is_checked(tmp_path: Path) -> None:
 
 
 def test_push_without_api_writes_the_import_file(workspace: Path) -> None:
-    tiff = image_bytes((120, 100, 40), fmt="TIFF")
+    tiff = png((120, 100, 40), TILE, "TIFF")
     put(workspace / "new/g_scan.tif", tiff)
     out = workspace / "batch"
     run_select(workspace, out, n=10)
@@ -297,21 +288,6 @@ def test_kappas_match_sklearn_and_statsmodels() -> None:
 # -------------------------------------------------------------------------------------- pull
 
 
-def annotation(user: int, label: str | None, *, cancelled: bool = False, at: str = "") -> dict:
-    result = [] if label is None else [
-        {"from_name": "label", "to_name": "image", "type": "choices",
-         "value": {"choices": [label]}}
-    ]  # fmt: skip
-    return {
-        "id": user * 1000,
-        "completed_by": user,
-        "result": result,
-        "was_cancelled": cancelled,
-        "created_at": at or "2026-05-01T10:00:00Z",
-        "updated_at": at or "2026-05-01T10:00:00Z",
-    }
-
-
 @pytest.fixture
 def export(workspace: Path) -> Callable[..., list[dict[str, Any]]]:
     """Label Studio's JSON export of a pushed batch, with the given annotations per task."""
@@ -320,13 +296,7 @@ def export(workspace: Path) -> Callable[..., list[dict[str, Any]]]:
     push(out, None)
     tasks = json.loads((out / TASKS_JSON).read_text())
 
-    def make(*annotations: list[dict]) -> list[dict[str, Any]]:
-        return [
-            {"id": 10 + i, **task, "annotations": anns}
-            for i, (task, anns) in enumerate(zip(tasks, annotations, strict=False))
-        ]
-
-    return make
+    return lambda *annotations: exported(tasks, *annotations)
 
 
 def run_pull(ws: Path, tasks: list[dict[str, Any]], **kw: Any) -> pull_mod.PullResult:
@@ -428,7 +398,7 @@ def test_layout_2_gets_train_unless_asked(workspace: Path, export: Callable) -> 
         (workspace / cls).rename(data / "train" / cls)
         put(
             data / "test" / cls / "t.png",
-            image_bytes({"neg": RED, "pos": GREEN, "mixed": BLUE}[cls]),
+            png({"neg": RED, "pos": GREEN, "mixed": BLUE}[cls], TILE),
         )
     tasks = export([annotation(1, "neg")], [annotation(1, "pos")])
     result = run_pull(workspace, tasks[:1])
@@ -468,15 +438,15 @@ def test_freeze_split_keeps_the_split_as_layout_2(workspace: Path) -> None:
     table = workspace / "split.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
     put(data / "groups.csv", b"path,group\nneg/n0.png,P1\nneg/n2.png,P2\n")
-    put(data / "stray/x.png", image_bytes(RED, size=5))
+    put(data / "stray/x.png", png(RED, (5, 5)))
     with pytest.raises(ValueError, match=r"1 file\(s\) of .* are not in .*split.csv"):
         freeze_split(data, table)
     (data / "stray/x.png").unlink()
     (data / "stray").rmdir()
-    put(data / "neg/n1.png", image_bytes((1, 2, 3)))  # changed since the split
+    put(data / "neg/n1.png", png((1, 2, 3), TILE))  # changed since the split
     with pytest.raises(ValueError, match="does not describe today's"):
         freeze_split(data, table)
-    put(data / "neg/n1.png", image_bytes((201, 30, 30)))
+    put(data / "neg/n1.png", png((201, 30, 30), TILE))
     pd.DataFrame(rows).assign(sha256=[sha256_file(data / p) for p in split]).to_csv(
         table, index=False
     )

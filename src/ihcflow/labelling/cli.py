@@ -111,7 +111,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ihcflow.io import write_json_atomic
+    from ihcflow.files import write_json_atomic
     from ihcflow.labelling.compare import compare, describe
 
     result = compare(Path.cwd(), args.base, models_dir=args.models, data_dir=args.data)

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ihcflow.io import read_csv_table
 from ihcflow.labelling.model import RegisteredModel, load_model, load_model_bytes
-from ihcflow.labelling.pull import PROVENANCE
-from ihcflow.split import OUTPUT_COLUMNS as SPLIT_COLUMNS
+from ihcflow.labelling.pull import PROVENANCE, PROVENANCE_TABLE
+from ihcflow.tables import HEADLINE_METRICS, SPLIT, read_table
 
 
 def read_at_rev(root: Path, path: str, rev: str) -> bytes:
@@ -43,9 +42,7 @@ def read_at_rev(root: Path, path: str, rev: str) -> bytes:
 
 
 def _split_table(path: Path, what: str) -> Any:
-    return read_csv_table(
-        path, SPLIT_COLUMNS, error=ValueError, absent=f"{what} not found (`dvc repro`)"
-    )
+    return read_table(path, SPLIT, error=ValueError, absent=f"{what} not found (`dvc repro`)")
 
 
 def _predict(model: RegisteredModel, files: list[Path]) -> np.ndarray:
@@ -107,7 +104,7 @@ def compare(
     labelled: set[str] = set()
     if provenance.is_file():
         labelled = set(
-            read_csv_table(provenance, ["sha256"], error=ValueError, absent="")["sha256"]
+            read_table(provenance, PROVENANCE_TABLE, columns=["sha256"], error=ValueError)["sha256"]
         )
     files = [root / data_dir / p for p in common["path"]]
     labels = common["class"].tolist()
@@ -134,8 +131,6 @@ def compare(
 
 
 def describe(result: Mapping[str, Any]) -> str:
-    from ihcflow.reporting.metrics import HEADLINE
-
     base, new = result["base"], result["new"]
     mb, mn = result["metrics"]["base"], result["metrics"]["new"]
     left = f"{base['rev']} ({base['model']})"
@@ -147,7 +142,7 @@ def describe(result: Mapping[str, Any]) -> str:
         + ", ".join(f"{c} {n}" for c, n in result["per_class"].items()),
         f"  {'metric':<18} {left:>{width}} {right:>{width}} {'change':>8}",
     ]
-    for key in HEADLINE:
+    for key in HEADLINE_METRICS:
         a, b = mb.get(key), mn.get(key)
         change = "n/a" if a is None or b is None else f"{b - a:+.4f}"
         cells = ["n/a" if v is None else f"{v:.4f}" for v in (a, b)]

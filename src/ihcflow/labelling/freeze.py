@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from ihcflow.data.layout import discover
-from ihcflow.io import atomic_dir, read_csv_table, sha256_file
-from ihcflow.split import OUTPUT_COLUMNS
+from ihcflow.files import atomic_dir, sha256_file
+from ihcflow.tables import SPLIT, read_table
 
 METADATA_WITH_PATHS = ("groups.csv", "labelled.csv")  # files under data/ with a `path` column
 
@@ -32,8 +32,8 @@ def freeze_split(data_dir: Path, split_csv: Path) -> dict[str, int]:
     layout = discover(data_dir)
     if layout.kind != 1:
         raise ValueError(f"{data_dir} is already layout 2 (train/test folders): nothing to freeze")
-    table = read_csv_table(
-        split_csv, OUTPUT_COLUMNS, error=ValueError, absent="split table not found (`dvc repro`)"
+    table = read_table(
+        split_csv, SPLIT, error=ValueError, absent="split table not found (`dvc repro`)"
     )
     split_of = dict(zip(table["path"], table["split"], strict=True))
     sha_of = dict(zip(table["path"], table["sha256"], strict=True))

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ihcflow.data.layout import Layout, discover
-from ihcflow.imageio import DEFAULT_MAX_PIXELS, ImageError
-from ihcflow.io import sha256_file
+from ihcflow.files import sha256_file
+from ihcflow.images.codec import DEFAULT_MAX_PIXELS, ImageError
 
 BATCH = 32  # images per ONNX Runtime call
 

@@ -33,8 +33,9 @@ from typing import Any
 import pandas as pd
 
 from ihcflow.data.layout import GIVEN_SPLITS, Layout
-from ihcflow.imageio import IMAGE_SUFFIXES, ImageError, probe
-from ihcflow.io import atomic_path, read_json, sha256_bytes, write_csv_atomic, write_json_atomic
+from ihcflow.errors import PipelineError
+from ihcflow.files import atomic_path, read_json, sha256_bytes, write_json_atomic
+from ihcflow.images.codec import IMAGE_SUFFIXES, ImageError, probe
 from ihcflow.labelling.model import data_hashes
 from ihcflow.labelling.select import BATCH_JSON, read_batch
 from ihcflow.labelling.tasks import (
@@ -45,6 +46,7 @@ from ihcflow.labelling.tasks import (
     data_url_bytes,
 )
 from ihcflow.labelling.votes import Decision, Vote, agreement
+from ihcflow.tables import Table, read_table, write_table
 
 PROVENANCE = "labelled.csv"
 PROVENANCE_COLUMNS = [
@@ -63,11 +65,14 @@ PROVENANCE_COLUMNS = [
     "predicted",
     "reason_chosen",
 ]
+PROVENANCE_TABLE = Table(
+    "labelling provenance", f"data/{PROVENANCE}", "", tuple(PROVENANCE_COLUMNS)
+)
 PULL_JSON = "pull.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class LabelError(ValueError):
+class LabelError(PipelineError):
     """Annotations that cannot be taken as they are; nothing was written."""
 
 
@@ -325,7 +330,7 @@ def pull(
     check_split(layout, data_dir, split)
     provenance_path = data_dir / PROVENANCE
     previous = (
-        pd.read_csv(provenance_path, dtype=str, keep_default_na=False)
+        read_table(provenance_path, PROVENANCE_TABLE, error=LabelError)
         if provenance_path.is_file()
         else pd.DataFrame(columns=PROVENANCE_COLUMNS)
     )
@@ -449,7 +454,7 @@ def pull(
         table = pd.DataFrame(rows, columns=PROVENANCE_COLUMNS).astype(str)
         if len(previous):
             table = pd.concat([previous[PROVENANCE_COLUMNS], table], ignore_index=True)
-        write_csv_atomic(provenance_path, table)
+        write_table(provenance_path, table, PROVENANCE_TABLE)
     result = PullResult(source, layout.kind, outcomes, agreement(decisions), provenance_path)
     if rows and version:
         result.dvc_file = dvc_add(data_dir)

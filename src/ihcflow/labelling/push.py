@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ihcflow.imageio import decode_rgb8, encode_png, probe
-from ihcflow.io import write_json_atomic, write_text_atomic
+from ihcflow.files import write_json_atomic, write_text_atomic
+from ihcflow.images.codec import decode_rgb8, encode_png, probe
 from ihcflow.labelling.select import read_batch
 from ihcflow.labelling.studio import Studio, StudioError
 from ihcflow.labelling.tasks import (

@@ -41,9 +41,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ihcflow.imageio import IMAGE_SUFFIXES
-from ihcflow.io import atomic_dir, sha256_file, write_csv_atomic, write_json_atomic
+from ihcflow.errors import PipelineError
+from ihcflow.files import atomic_dir, read_json, sha256_file, write_json_atomic
+from ihcflow.images.codec import IMAGE_SUFFIXES
 from ihcflow.labelling.model import RegisteredModel, data_hashes, image_files, training_embeddings
+from ihcflow.tables import Table, read_table, write_table
 
 UNCERTAINTY = ("margin", "entropy")
 K_NEIGHBOURS = 5  # neighbours averaged for the distance to the training set
@@ -69,11 +71,12 @@ MANIFEST_COLUMNS = [
     "reason",  # the same in words
     "probs",  # JSON {class: probability}
 ]
+BATCH_MANIFEST = Table("batch manifest", f"<batch>/{MANIFEST}", "", tuple(MANIFEST_COLUMNS))
 _UPLOAD_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class SelectError(ValueError):
+class SelectError(PipelineError):
     """Nothing sensible to select from; the message names the folder and the problem."""
 
 
@@ -414,19 +417,17 @@ def select_batch(
         (tmp / IMAGES_DIR).mkdir()
         for row in manifest.itertuples():
             shutil.copyfile(path_of[str(row.source)], tmp / str(row.file))
-        write_csv_atomic(tmp / MANIFEST, manifest)
+        write_table(tmp / MANIFEST, manifest, BATCH_MANIFEST)
         write_json_atomic(tmp / BATCH_JSON, info)
     return BatchSummary(out, manifest, dict(tally), left_out, notes)
 
 
 def read_batch(batch: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     """``batch.json`` and ``manifest.csv`` of a batch folder (what push and pull read)."""
-    from ihcflow.io import read_csv_table, read_json
-
     info = read_json(batch / BATCH_JSON, f"batch description (is {batch} a batch folder?)")
-    manifest = read_csv_table(
+    manifest = read_table(
         batch / MANIFEST,
-        MANIFEST_COLUMNS,
+        BATCH_MANIFEST,
         error=ValueError,
         absent="batch manifest not found (written by `ihcflow label select`)",
     )

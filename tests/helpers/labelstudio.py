@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import REPO
-from tests.integration.test_serving import free_port
+from tests.helpers import REPO
+from tests.helpers.server import free_port
 
 VENV = Path(os.environ.get("IHCFLOW_LABEL_STUDIO_VENV", REPO / ".venv-labelstudio"))
 BINARY = VENV / "bin" / "label-studio"
