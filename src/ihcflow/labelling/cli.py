@@ -20,9 +20,11 @@ def _cmd_select(args: argparse.Namespace) -> int:
         since = dt.date.fromisoformat(args.since) if args.since else None
         candidates, skipped = select.upload_candidates(args.from_uploads, since)
         others, source = 0, f"uploads kept by the server in {args.from_uploads}"
+        log_dir = args.log_dir if args.log_dir.is_dir() else None
     else:
         if args.since:
             raise ValueError("--since applies to --from-uploads only")
+        log_dir = None
         candidates, others = select.folder_candidates(args.folder)
         skipped, source = [], f"folder {args.folder}"
     out = args.out or DEFAULT_BATCHES / dt.datetime.now(dt.UTC).strftime("batch-%Y%m%d-%H%M%S")
@@ -39,6 +41,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
         source=source,
         skipped=skipped,
         others=others,
+        log_dir=log_dir,
     )
     print(summary.describe())
     print(f"next: ihcflow label push {out}")
@@ -155,6 +158,13 @@ def add_parser(subparsers: Any) -> None:
         help="the uploads the server kept: DIR/YYYY-MM-DD/<sha256>.<ext>",
     )
     sel.add_argument("--since", metavar="YYYY-MM-DD", help="with --from-uploads: days from this on")
+    sel.add_argument(
+        "--log-dir",
+        type=Path,
+        default=Path("logs/predictions"),
+        help="with --from-uploads: the server's prediction log, for what it answered "
+        "(default logs/predictions, when it exists)",
+    )
     sel.add_argument("-n", type=int, default=20, help="images in the batch (default 20)")
     sel.add_argument(
         "--out", type=Path, help="batch folder (default labelling/batch-<UTC time>); never reused"

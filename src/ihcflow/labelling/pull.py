@@ -35,7 +35,7 @@ import pandas as pd
 from ihcflow.data.layout import GIVEN_SPLITS, Layout
 from ihcflow.errors import PipelineError
 from ihcflow.files import atomic_path, read_json, sha256_bytes, write_json_atomic
-from ihcflow.images.codec import IMAGE_SUFFIXES, ImageError, probe
+from ihcflow.images.codec import IMAGE_SUFFIXES, ImageError, file_suffix, probe
 from ihcflow.labelling.model import data_hashes
 from ihcflow.labelling.select import BATCH_JSON, read_batch
 from ihcflow.labelling.tasks import (
@@ -240,8 +240,7 @@ def _file_name(sha256: str, name: str, data: bytes) -> str:
     if base.startswith(sha256[:12] + "_"):
         base = base[13:] or "image"
     if Path(base).suffix.lower() not in IMAGE_SUFFIXES:
-        fmt = probe(data, base).format.lower()
-        base = f"{base}.{'jpg' if fmt == 'jpeg' else 'tif' if fmt == 'tiff' else fmt}"
+        base += file_suffix(probe(data, base).format)
     return f"label-{sha256[:12]}_{base}"
 
 

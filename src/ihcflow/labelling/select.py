@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import re
 import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,9 @@ import pandas as pd
 from ihcflow.errors import PipelineError
 from ihcflow.files import atomic_dir, read_json, sha256_file, write_json_atomic
 from ihcflow.images.codec import IMAGE_SUFFIXES
+from ihcflow.kept_uploads import day_folders, kept_files, name_sha256
 from ihcflow.labelling.model import RegisteredModel, data_hashes, image_files, training_embeddings
+from ihcflow.prediction_log import log_files, read_records
 from ihcflow.tables import Table, read_table, write_table
 
 UNCERTAINTY = ("margin", "entropy")
@@ -70,10 +71,9 @@ MANIFEST_COLUMNS = [
     "score",
     "reason",  # the same in words
     "probs",  # JSON {class: probability}
+    "served",  # kept uploads: what the server answered (its prediction log), else empty
 ]
 BATCH_MANIFEST = Table("batch manifest", f"<batch>/{MANIFEST}", "", tuple(MANIFEST_COLUMNS))
-_UPLOAD_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class SelectError(PipelineError):
@@ -241,44 +241,54 @@ def folder_candidates(folder: Path) -> tuple[list[Candidate], int]:
 def upload_candidates(
     folder: Path, since: dt.date | None = None
 ) -> tuple[list[Candidate], list[dict[str, str]]]:
-    """The server's kept uploads ``<folder>/<YYYY-MM-DD>/<sha256>.<ext>`` (from ``since`` on);
-    files whose bytes do not hash to their name, or that are not images, are left out."""
+    """The uploads the server kept in ``folder`` (:mod:`ihcflow.kept_uploads`), from ``since``
+    on; files whose bytes do not hash to their name, or that are not images, are left out."""
     if not folder.is_dir():
         raise SelectError(f"{folder}: uploads folder not found")
-    days = sorted(p for p in folder.iterdir() if p.is_dir() and _day(p.name) is not None)
-    if not days:
+    if not day_folders(folder):
         raise SelectError(
             f"{folder}: no day folders (YYYY-MM-DD/<sha256>.<ext>): is this the folder the "
-            "server keeps uploads in?"
+            "server keeps uploads in (`ihcflow serve --log-images DIR`)?"
         )
     files, problems = [], []
-    for day in days:
-        if since is not None and (_day(day.name) or since) < since:
+    for _, path in kept_files(folder, since):
+        rel = path.relative_to(folder).as_posix()
+        claimed = name_sha256(path)
+        if path.suffix.lower() not in IMAGE_SUFFIXES or claimed is None:
+            problems.append({"file": rel, "reason": "not <sha256>.<image suffix>"})
             continue
-        for path in sorted(day.iterdir()):
-            if path.name.startswith(".") or not path.is_file():
-                continue
-            rel = path.relative_to(folder).as_posix()
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not _SHA256.match(path.stem):
-                problems.append({"file": rel, "reason": "not <sha256>.<image suffix>"})
-                continue
-            digest = sha256_file(path)
-            if digest != path.stem:
-                problems.append(
-                    {"file": rel, "reason": f"bytes hash to {digest[:12]}..., not to its name"}
-                )
-                continue
-            files.append(Candidate(path, rel, digest))
+        digest = sha256_file(path)
+        if digest != claimed:
+            problems.append(
+                {"file": rel, "reason": f"bytes hash to {digest[:12]}..., not to its name"}
+            )
+            continue
+        files.append(Candidate(path, rel, digest))
     return files, problems
 
 
-def _day(name: str) -> dt.date | None:
-    if not _UPLOAD_DAY.match(name):
-        return None
-    try:
-        return dt.date.fromisoformat(name)
-    except ValueError:
-        return None
+def served_predictions(log_dir: Path, wanted: set[str]) -> dict[str, str]:
+    """``{image_sha256: what the server answered}`` from the prediction log in ``log_dir``
+    (the lines ``--log-images`` gave an ``image_sha256``), for the uploads in ``wanted``: the
+    latest answer, its margin, and how often the image was uploaded."""
+    latest: dict[str, tuple[str, dict[str, Any]]] = {}
+    times: Counter[str] = Counter()
+    for _, record, _ in read_records(log_files(log_dir)):
+        sha = (record or {}).get("image_sha256")
+        if record is None or sha not in wanted:
+            continue
+        times[sha] += 1
+        if sha not in latest or str(record["ts"]) >= latest[sha][0]:
+            latest[sha] = (str(record["ts"]), record)
+    served = {}
+    for sha, (ts, record) in latest.items():
+        probs = sorted((float(p) for p in (record.get("probs") or {}).values()), reverse=True)
+        margin = f", margin {probs[0] - probs[1]:.2f}" if len(probs) >= 2 else ""
+        served[sha] = (
+            f"{record['predicted']}{margin} by {record.get('model_name', '?')} "
+            f"{record['model_version']} at {ts} ({times[sha]} upload(s))"
+        )
+    return served
 
 
 def earlier_batches(out: Path) -> dict[str, str]:
@@ -322,6 +332,7 @@ def select_batch(
     source: str,
     skipped: Sequence[dict[str, str]] = (),
     others: int = 0,
+    log_dir: Path | None = None,
 ) -> BatchSummary:
     """Score ``candidates`` with ``model`` and write the batch folder ``out``."""
     if method not in UNCERTAINTY:
@@ -380,6 +391,12 @@ def select_batch(
     table["source"] = [c.source for c in kept]
     table["sha256"] = [c.sha256 for c in kept]
     table["file"] = [f"{IMAGES_DIR}/{_copy_name(c)}" for c in kept]
+    served = {} if log_dir is None else served_predictions(log_dir, set(table["sha256"]))
+    table["served"] = [served.get(sha, "") for sha in table["sha256"]]
+    if log_dir is not None:
+        notes.append(
+            f"{len(served)} of {len(table)} image(s) found in the prediction log in {log_dir}"
+        )
     table["probs"] = [
         json.dumps(dict(zip(model.class_names, np.round(p, 6).tolist(), strict=True)))
         for p in predicted.probs
