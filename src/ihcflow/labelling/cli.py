@@ -125,15 +125,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_freeze(args: argparse.Namespace) -> int:
+    from ihcflow.data.provenance import dvc_add
     from ihcflow.labelling.freeze import freeze_split
-    from ihcflow.labelling.pull import dvc_add
 
     counts = freeze_split(args.data, args.split_csv)
     print(
         f"{args.data} is layout 2 now, as {args.split_csv} split it: "
         + ", ".join(f"{s} {n}" for s, n in counts.items())
     )
-    dvc_file = dvc_add(args.data)
+    dvc_file = dvc_add(args.data, "rewritten as layout 2", "run it yourself once it is fixed")
     if dvc_file is not None:
         print(f"`dvc add {args.data}` done: `git add {dvc_file.name} && git commit`, `dvc repro`")
     return 0

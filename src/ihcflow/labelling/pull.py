@@ -33,6 +33,8 @@ from typing import Any
 import pandas as pd
 
 from ihcflow.data.layout import GIVEN_SPLITS, Layout
+from ihcflow.data.provenance import dvc_add as dvc_add_folder
+from ihcflow.data.provenance import mark_labelled
 from ihcflow.errors import PipelineError
 from ihcflow.files import atomic_path, read_json, sha256_bytes, write_json_atomic
 from ihcflow.images.codec import IMAGE_SUFFIXES, ImageError, file_suffix, probe
@@ -292,22 +294,7 @@ def check_split(layout: Layout, data_dir: Path, split: str | None) -> None:
 
 def dvc_add(data_dir: Path) -> Path | None:
     """``dvc add data_dir``; None when it is not inside a DVC project."""
-    from dvc.exceptions import DvcException, NotDvcRepoError
-    from dvc.repo import Repo
-
-    try:
-        root = Repo.find_root(str(data_dir.resolve().parent))
-    except NotDvcRepoError:
-        return None
-    try:
-        with Repo(root) as repo:
-            repo.add([str(data_dir.resolve())])
-    except DvcException as exc:
-        raise RuntimeError(
-            f"{data_dir}: images written, but `dvc add {data_dir}` failed ({exc}); run it "
-            "yourself once the problem is fixed"
-        ) from exc
-    return data_dir.with_name(f"{data_dir.name}.dvc")
+    return dvc_add_folder(data_dir, "images written", "run it yourself once the problem is fixed")
 
 
 def pull(
@@ -460,6 +447,7 @@ def pull(
         if result.dvc_file is None:
             result.notes.append(f"{data_dir} is not in a DVC project: not versioned")
         else:
+            mark_labelled(result.dvc_file, result.added(), f"{data_dir.name}/{PROVENANCE}", stamp)
             result.notes.append(
                 f"`dvc add {data_dir}` done: next `git add {result.dvc_file.name} && git commit`,"
                 " then `dvc exp run` (docs/labelling.md)"
