@@ -9,7 +9,8 @@ and the simulator that rehearses the monitoring loop (:mod:`ihcflow.monitoring.s
 - Records (:func:`make_record`; fields in docs/serving.md): ``ts`` (:func:`iso_z`), ``request_id``,
   ``model_name``, ``model_version``, ``filename``, ``predicted``, ``probs``, ``features``
   (:data:`ihcflow.images.features.FEATURE_COLUMNS` of the decoded upload), ``latency_ms``, and
-  optionally ``embedding`` and ``image_b64``. A reader needs :data:`REQUIRED`.
+  optionally ``embedding`` and ``image_sha256`` (the upload kept by ``--log-images``:
+  :mod:`ihcflow.kept_uploads`; never the image itself). A reader needs :data:`REQUIRED`.
 
 Each line is written with a single ``os.write`` on an ``O_APPEND`` file descriptor, so lines
 from several threads or worker processes never interleave, and a line is in the kernel as soon
@@ -82,7 +83,7 @@ def make_record(
     features: Mapping[str, float],
     latency_ms: float,
     embedding: Sequence[float] | None = None,
-    image_b64: str | None = None,
+    image_sha256: str | None = None,
 ) -> dict[str, Any]:
     """One log record (``ts``: a time, or a string :func:`iso_z` made)."""
     out: dict[str, Any] = {
@@ -98,8 +99,8 @@ def make_record(
     }
     if embedding is not None:
         out["embedding"] = [float(v) for v in embedding]
-    if image_b64 is not None:
-        out["image_b64"] = image_b64
+    if image_sha256 is not None:
+        out["image_sha256"] = image_sha256
     return out
 
 
