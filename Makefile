@@ -22,7 +22,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock data params repro test test-fast lint typecheck bench clean
+.PHONY: help install lock data params repro test test-fast lint typecheck bench labelstudio clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F ':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,25 @@ typecheck: install ## mypy on src/ and stages/
 
 bench: install ## run the benchmarks (figures in README)
 	$(BIN)/python benchmarks/preprocess.py
+
+# Label Studio (docs/labelling.md) gets a venv of its own: it pins numpy and opencv versions that
+# clash with ours. Its whole tree is pinned in tools/labelstudio/requirements.lock; the stamp holds
+# that file's hash, so a changed pin reinstalls. The labelling tests use it and skip without it.
+LABEL_STUDIO := label-studio==1.23.2
+LS_VENV ?= .venv-labelstudio
+LS_LOCK := tools/labelstudio/requirements.lock
+LS_STAMP := $(LS_VENV)/.installed
+LS_KEY := $(firstword $(shell { cat $(LS_LOCK) 2>/dev/null; echo '$(LABEL_STUDIO)'; } | $(SHA256)))
+ifneq ($(LS_KEY),$(shell test -x $(LS_VENV)/bin/label-studio && cat $(LS_STAMP) 2>/dev/null))
+.PHONY: $(LS_STAMP)
+endif
+
+labelstudio: $(LS_STAMP) ## install Label Studio into .venv-labelstudio (~1 GB, 2-3 min; not in .venv)
+
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c $(LS_LOCK) '$(LABEL_STUDIO)'
+	echo '$(LS_KEY)' > $@
 
 clean: ## remove pipeline outputs and caches (not data/, not .venv)
 	rm -rf processed reports .cache .pytest_cache

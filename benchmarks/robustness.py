@@ -42,8 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from ihcflow.data import synth  # noqa: E402
 from ihcflow.config import load_params  # noqa: E402
+from ihcflow.data import synth  # noqa: E402
 from ihcflow.files import read_json, write_json_atomic  # noqa: E402
 from ihcflow.registry.gate import evaluate_gate  # noqa: E402
 from ihcflow.tables import HEADLINE_METRICS as HEADLINE  # noqa: E402

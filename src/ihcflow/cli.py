@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ihcflow.monitoring.cli import add_parser as add_drift_parser
 
     add_drift_parser(sub)
+
+    from ihcflow.labelling.cli import add_parser as add_label_parser
+
+    add_label_parser(sub)
     return parser
 
 

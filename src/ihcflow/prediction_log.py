@@ -11,7 +11,9 @@ and the simulator that rehearses the monitoring loop (:mod:`ihcflow.monitoring.s
   (:data:`ihcflow.images.features.FEATURE_COLUMNS` of the decoded upload at the model's input
   size, full precision), ``acquisition`` (:data:`~ihcflow.images.features.ACQUISITION_COLUMNS`
   of the file), ``latency_ms``, and optionally ``ood`` (``{"score", "flag"}``,
-  :mod:`ihcflow.ood`), ``embedding`` and ``image_b64``. A reader needs :data:`REQUIRED`.
+  :mod:`ihcflow.ood`), ``embedding`` and ``image_sha256`` (the upload kept by
+  ``--log-images``: :mod:`ihcflow.kept_uploads`; never the image itself). A reader needs
+  :data:`REQUIRED`.
 
 Each line is written with a single ``os.write`` on an ``O_APPEND`` file descriptor, so lines
 from several threads or worker processes never interleave, and a line is in the kernel as soon
@@ -87,7 +89,7 @@ def make_record(
     acquisition: Mapping[str, int | str] | None = None,
     ood: Mapping[str, float | bool] | None = None,
     embedding: Sequence[float] | None = None,
-    image_b64: str | None = None,
+    image_sha256: str | None = None,
 ) -> dict[str, Any]:
     """One log record (``ts``: a time, or a string :func:`iso_z` made)."""
     out: dict[str, Any] = {
@@ -107,8 +109,8 @@ def make_record(
         out["ood"] = dict(ood)
     if embedding is not None:
         out["embedding"] = [float(v) for v in embedding]
-    if image_b64 is not None:
-        out["image_b64"] = image_b64
+    if image_sha256 is not None:
+        out["image_sha256"] = image_sha256
     return out
 
 

@@ -5,7 +5,9 @@
 - :mod:`tests.helpers.models`: a tiny real model, evaluated and registered as the stages do;
 - :mod:`tests.helpers.pipeline`: throwaway DVC projects on the built-in sample;
 - :mod:`tests.helpers.server`: the model server on 127.0.0.1;
-- :mod:`tests.helpers.docker`: what the Dockerfile and .dockerignore say.
+- :mod:`tests.helpers.docker`: what the Dockerfile and .dockerignore say;
+- :mod:`tests.helpers.labelling`: a labelling workspace and Label Studio's export format;
+- :mod:`tests.helpers.labelstudio`: a real Label Studio on 127.0.0.1 (its own venv).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ tests/conftest.py makes the empty one), on the built-in sample."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -69,3 +70,18 @@ def sample_project(
     run_cmd(["git", "add", "-A"], root)
     run_cmd(["git", "commit", "-qm", "sample"], root)
     return root
+
+
+def experiments(root: Path) -> dict[str, dict]:
+    """``dvc exp show --json`` as {experiment name: {"params": ..., "metrics": ...}}."""
+    shown = json.loads(run_cmd([DVC, "exp", "show", "--json"], root).stdout)
+    found = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                found[rev["name"] or rev["rev"]] = {
+                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
+                    "metrics": data.get("metrics", {}).get("reports/metrics.json", {}).get("data"),
+                }
+    return found

@@ -7,15 +7,20 @@ hash) stops `data get` with a message saying how to get it, and data.dvc is neve
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from ihcflow.data.provenance import IMPORT_SOURCE, SAMPLE_SOURCE
+from ihcflow.data.provenance import IMPORT_SOURCE, LABEL_SOURCE, SAMPLE_SOURCE
+from ihcflow.files import sha256_bytes
+from ihcflow.images.codec import encode_png, read_rgb8
+from ihcflow.labelling.tasks import data_url
 from ihcflow.reporting.pr import data_source
 from tests.helpers import fresh_clone, run_cmd
+from tests.helpers.labelling import annotation
 from tests.helpers.pipeline import DVC, IHCFLOW, set_param
 
 
@@ -128,6 +133,41 @@ def test_import_records_its_source_and_a_fresh_clone_never_gets_the_sample_inste
     (root / "data/train/class_0/train_00000.png").unlink()
     run_cmd([DVC, "add", "-q", "data"], root)
     assert data_source(root).startswith("data changed since it was data imported from `tiny.npz`")
+
+
+def test_label_pull_records_itself_and_a_fresh_clone_never_gets_the_sample_instead(
+    project, tmp_path
+) -> None:
+    root = project_with_the_sample_from_get(project)
+    sample_meta = yaml.safe_load((root / "data.dvc").read_text())["meta"]
+    first = sorted((root / "data").glob("*/*.png"))[0]
+    cls = first.parent.name
+    tasks = []
+    for i, flip in enumerate((0, 1)):  # two new images of a known class, labelled in the export
+        image = encode_png(np.flip(read_rgb8(first)[0], axis=flip).copy())
+        data = {"image": data_url(image, "image/png"), "sha256": sha256_bytes(image)}
+        tasks.append({"id": i + 1, "data": data, "annotations": [annotation(1, cls)]})
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    out = run_cmd([IHCFLOW, "label", "pull", "--export", str(export)], root).stdout
+    assert f"added to data/ (layout 1): {cls} 2" in out
+
+    recorded = yaml.safe_load((root / "data.dvc").read_text())
+    meta = recorded["meta"]
+    assert meta["source"] == LABEL_SOURCE and meta["md5"] == recorded["outs"][0]["md5"]
+    assert meta["base"] == sample_meta  # what data/ was before the labels
+    assert meta["labelled"]["images"] == 2 and meta["labelled"]["counts"] == {cls: 2}
+    assert meta["labelled"]["table"] == "data/labelled.csv"
+    assert data_source(root).startswith(
+        "the built-in synthetic sample plus 2 image(s) labelled in Label Studio"
+    )
+    run_cmd(["git", "add", "-A"], root)
+    run_cmd(["git", "commit", "-qm", "data: 2 labelled"], root)
+
+    clone = fresh_clone(root, tmp_path / "clone")
+    message = get_fails(clone)  # not regenerated as the sample, data.dvc untouched
+    assert "records the built-in synthetic sample plus 2 image(s) labelled" in message
+    assert "`dvc pull`" in message
 
 
 def test_data_get_refuses_data_of_unrecorded_origin(project) -> None:

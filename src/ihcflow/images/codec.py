@@ -62,6 +62,15 @@ class ImageInfo:
     notes: list[str] = field(default_factory=list)
 
 
+_SUFFIXES = {"JPEG": ".jpg", "TIFF": ".tif"}  # the others: the format's name
+
+
+def file_suffix(image_format: str) -> str:
+    """The file suffix for a PIL format name: PNG -> .png, JPEG -> .jpg, TIFF -> .tif."""
+    fmt = image_format.upper()
+    return _SUFFIXES.get(fmt, f".{fmt.lower()}")
+
+
 _MODE_CHANNELS = {"1": 1, "L": 1, "P": 1, "I": 1, "F": 1, "LA": 2, "PA": 2, "RGB": 3, "RGBA": 4}
 
 

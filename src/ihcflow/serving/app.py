@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ihcflow import __version__
+from ihcflow.kept_uploads import KeptUploads
 from ihcflow.prediction_log import PredictionLog
 from ihcflow.serving.errors import ApiError
 from ihcflow.serving.model import ModelLoadError, ServedModel
@@ -40,6 +41,7 @@ from ihcflow.serving.uploads import receive_uploads
 log = logging.getLogger("ihcflow.serving")
 access_log = logging.getLogger("ihcflow.serving.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+EXPIRE_EVERY_S = 24 * 3600  # kept uploads past their retention are deleted this often
 
 
 # --- response schemas (OpenAPI docs) --------------------------------------------------------
@@ -131,11 +133,15 @@ class ServingState:
         try:
             model = model or ServedModel.load(s.model_dir, threads=s.intra_op_threads)
             prediction_log = PredictionLog(s.log_dir, fsync=s.log_fsync)
+            kept = None
+            if s.log_images is not None:
+                kept = KeptUploads(s.log_images, s.log_images_retention_days)
         except (ModelLoadError, OSError) as exc:
             self.not_ready = str(exc)
             log.error("model not loaded: the server is not ready", extra={"error": str(exc)})
             return
-        self.service = PredictionService(model, prediction_log, self.metrics, s)
+        self.service = PredictionService(model, prediction_log, self.metrics, s, kept)
+        self.expire_uploads()
         self.not_ready = ""
         self.metrics.model_info.labels(model.name, model.version).set(1)
         self.metrics.ready.set(1)
@@ -155,6 +161,25 @@ class ServingState:
                 "threads": s.intra_op_threads,
                 "concurrency": s.max_concurrency,
                 "ood": model.ood is not None,
+            },
+        )
+
+    def expire_uploads(self) -> None:
+        """Delete the kept uploads older than the retention (at start, then daily)."""
+        kept = self.service.kept if self.service is not None else None
+        if kept is None:
+            return
+        try:
+            removed = kept.expire()
+        except OSError as exc:
+            log.error("expired uploads not deleted", extra={"error": str(exc)})
+            return
+        log.info(
+            "kept uploads",
+            extra={
+                "log_images": str(kept.root),
+                "retention_days": kept.retention_days,
+                "deleted_days": removed,
             },
         )
 
@@ -260,7 +285,11 @@ def create_app(settings: Settings | None = None, *, model: ServedModel | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.start(model)
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                if settings.log_images is not None:
+                    tasks.start_soon(_expire_daily, state)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
             state.close()
 
@@ -348,6 +377,12 @@ def create_app(settings: Settings | None = None, *, model: ServedModel | None = 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _expire_daily(state: ServingState) -> None:
+    while True:
+        await anyio.sleep(EXPIRE_EVERY_S)
+        await anyio.to_thread.run_sync(state.expire_uploads)
 
 
 def create_app_from_env() -> FastAPI:

@@ -35,6 +35,7 @@ FLAGS = (
     "min_side",
     "no_auth",
     "log_images",
+    "log_images_retention_days",
     "log_embedding",
     "log_fsync",
 )
@@ -86,8 +87,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--log-images",
-        action=argparse.BooleanOptionalAction,
-        help=f"log uploads as base64 {env.format('LOG_IMAGES')}; default off",
+        type=Path,
+        metavar="DIR",
+        help="keep each upload as DIR/<UTC day>/<sha256>.<ext> for `ihcflow label select` "
+        f"{env.format('LOG_IMAGES')}; default off; needs --log-images-retention-days",
+    )
+    p.add_argument(
+        "--log-images-retention-days",
+        type=int,
+        metavar="N",
+        help="delete kept uploads older than N days, at start and daily "
+        f"{env.format('LOG_IMAGES_RETENTION_DAYS')}",
     )
     p.add_argument(
         "--log-embedding",
@@ -138,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
         PredictionLog(settings.log_dir).close()  # fails now if the folder is not writable
     except OSError as exc:
         raise RuntimeError(f"{settings.log_dir}: cannot write the prediction log: {exc}") from None
+    if settings.log_images is not None:
+        from ihcflow.kept_uploads import KeptUploads
+
+        KeptUploads(settings.log_images, settings.log_images_retention_days)  # writable?
     configure_logging(args.log_level)
     tune_malloc()  # one image after another: keep freed buffers instead of unmapping them
     options: dict[str, Any] = {

@@ -6,7 +6,7 @@ event loop keeps accepting requests while a batch is predicted.
 
 from __future__ import annotations
 
-import base64
+import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ihcflow.images.codec import ImageError
+from ihcflow.kept_uploads import KeptUploads
 from ihcflow.prediction_log import PredictionLog, iso_z, make_record
 from ihcflow.serving.errors import ApiError
 from ihcflow.serving.model import Prepared, ServedModel
@@ -38,11 +39,13 @@ class PredictionService:
         prediction_log: PredictionLog,
         metrics: ServingMetrics,
         settings: Settings,
+        kept: KeptUploads | None = None,
     ) -> None:
         self.model = model
         self.log = prediction_log
         self.metrics = metrics
         self.settings = settings
+        self.kept = kept  # --log-images: the uploads kept for labelling
 
     def _prepare(self, upload: Upload) -> tuple[Prepared, bytes]:
         start = time.perf_counter()
@@ -64,7 +67,7 @@ class PredictionService:
                 upload.filename,
             ) from None  # fmt: skip
         self.metrics.prepare_seconds.observe(time.perf_counter() - start)
-        return prepared, data if self.settings.log_images else b""  # keep bytes only to log them
+        return prepared, data if self.kept is not None else b""  # bytes only to keep them
 
     def _ood(self, embedding: np.ndarray) -> list[dict[str, Any]] | None:
         """``{"score", "flag"}`` per image (:mod:`ihcflow.ood`), None without a scorer."""
@@ -93,7 +96,8 @@ class PredictionService:
         ood = self._ood(embedding)
         latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
         classes = self.model.class_names
-        ts = iso_z(self.log.now())
+        now = self.log.now()
+        ts = iso_z(now)
         results, records = [], []
         for i, (upload, (item, data)) in enumerate(zip(uploads, prepared, strict=True)):
             predicted = classes[int(np.argmax(probs[i]))]
@@ -120,9 +124,7 @@ class PredictionService:
                     latency_ms=latency_ms,
                     ood=None if ood is None else ood[i],
                     embedding=_short(embedding[i]) if self.settings.log_embedding else None,
-                    image_b64=(
-                        base64.b64encode(data).decode("ascii") if self.settings.log_images else None
-                    ),
+                    image_sha256=self._keep(data, item.format, now.date(), request_id),
                 )
             )
         try:
@@ -149,3 +151,15 @@ class PredictionService:
             "predictions": results,
             "latency_ms": latency_ms,
         }
+
+    def _keep(self, data: bytes, image_format: str, day: dt.date, request_id: str) -> str | None:
+        """Keep an accepted upload (--log-images); its sha256 for the log line. A failure is
+        logged and the prediction still answered: the image is then not kept, and the line
+        has no ``image_sha256``."""
+        if self.kept is None:
+            return None
+        try:
+            return self.kept.keep(data, image_format, day)
+        except OSError as exc:
+            log.error("upload not kept", extra={"request_id": request_id, "error": str(exc)})
+            return None

@@ -40,7 +40,10 @@ class Settings:
     max_pixels: int = 25_000_000  # per image, read from the header before decoding (5000x5000)
     max_files: int = 16  # images per request (one batch through the model)
     min_side: int = 16  # px: a smaller width or height is refused (422), it holds no cell
-    log_images: bool = False  # put the uploaded bytes (base64) in the prediction log
+    # keep each accepted upload as <dir>/<UTC day>/<sha256>.<ext> for `ihcflow label select`
+    # (patient images: opt-in, and only with a retention; ihcflow.kept_uploads)
+    log_images: Path | None = None
+    log_images_retention_days: int = 0  # days kept (today is day 1); required with log_images
     log_embedding: bool = True  # put the model's embedding in the prediction log (drift)
     log_fsync: bool = False  # fsync each log line: survives a machine crash, not just ours
     threads: int = 0  # ONNX Runtime intra-op threads per inference; 0: the CPUs we may use
@@ -56,6 +59,20 @@ class Settings:
                 raise SettingsError(
                     f"{name} must be >= 0 (0: automatic), got {getattr(self, name)}"
                 )
+        if self.log_images is not None and self.log_images_retention_days < 1:
+            raise SettingsError(
+                "log_images needs a retention: set log_images_retention_days (--log-images-"
+                "retention-days, IHCFLOW_LOG_IMAGES_RETENTION_DAYS) to the days uploads may be "
+                f"kept, got {self.log_images_retention_days}"
+            )
+        if self.log_images is None and self.log_images_retention_days:
+            raise SettingsError(
+                "log_images_retention_days is set but log_images is not: no uploads are kept"
+            )
+        if self.log_images_retention_days < 0:
+            raise SettingsError(
+                f"log_images_retention_days must be >= 1, got {self.log_images_retention_days}"
+            )
         if self.port > 65535:
             raise SettingsError(f"port must be <= 65535, got {self.port}")
         if self.token is not None and not self.token:
@@ -165,7 +182,7 @@ def _parse(name: str, raw: str) -> Any:
             raise ValueError(f"{raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
         if kind == "int":
             return int(raw.replace("_", ""))
-        if kind == "Path":
+        if kind in ("Path", "Path | None"):
             if not raw.strip():
                 raise ValueError("empty path")
             return Path(raw)
