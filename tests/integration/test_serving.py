@@ -317,7 +317,7 @@ def test_bad_uploads_get_a_clear_4xx(server: Server, case: str) -> None:
     if case == "too many pixels":
         assert "1200x1200" in body["detail"] and "1000000" in body["detail"]
     if code == "too_small":
-        assert "minimum of 16 px" in body["detail"]
+        assert "minimum of 8 px" in body["detail"]
 
 
 def test_long_file_names_get_a_clear_answer(server: Server) -> None:

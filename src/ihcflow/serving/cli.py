@@ -76,7 +76,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-side",
         type=int,
-        help=f"px: narrower or lower images are refused {env.format('MIN_SIDE')}; default 16",
+        help=f"px: narrower or lower images are refused {env.format('MIN_SIDE')}; default 8",
     )
     p.add_argument(
         "--no-auth",

@@ -39,7 +39,7 @@ class Settings:
     max_bytes: int = 20 << 20  # per uploaded file; the body limit is max_files x max_bytes
     max_pixels: int = 25_000_000  # per image, read from the header before decoding (5000x5000)
     max_files: int = 16  # images per request (one batch through the model)
-    min_side: int = 16  # px: a smaller width or height is refused (422), it holds no cell
+    min_side: int = 8  # px: a narrower or lower image is refused (422): 3x3, 10000x1 hold no cell
     # keep each accepted upload as <dir>/<UTC day>/<sha256>.<ext> for `ihcflow label select`
     # (patient images: opt-in, and only with a retention; ihcflow.kept_uploads)
     log_images: Path | None = None
