@@ -73,3 +73,15 @@ def test_robustness_benchmark(tmp_path: Path) -> None:
     summary = result["summary"]
     assert summary["runs"] == 1 and set(summary["tolerance"]) >= {"accuracy", "f1_macro"}
     assert "gates passed:" in proc.stdout
+
+
+def test_drift_real_benchmark_on_generated_images(tmp_path: Path) -> None:
+    out = bench(
+        "drift_real", "--synthetic", "120", "--draws", "3", "--json", "r.json", cwd=tmp_path
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    cells = {(c["window"], c["rows"]) for c in report["cells"]}
+    assert ("same", 50) in cells and ("mis-framed", 50) in cells  # 60 per pool: 50 rows only
+    assert "| synthetic | same distribution | 50 |" in out
+    skipped = bench("drift_real", "--datasets", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert skipped.startswith("skipped: needs ") and not (tmp_path / "nowhere").exists()

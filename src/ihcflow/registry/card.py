@@ -120,6 +120,24 @@ def _gate(info: Mapping[str, Any], gate: GateResult) -> Lines:
         f"{onnx['verified_on']} test images (max probability difference "
         f"{onnx['max_abs_diff']:.1e}).",
         "",
+        *_ood(info.get("ood")),
+    ]
+
+
+def _ood(ood: Mapping[str, Any] | None) -> Lines:
+    if not ood:
+        return [
+            "No out-of-distribution threshold: too few validation images to calibrate one; "
+            "the server returns no `ood` scores for this model.",
+            "",
+        ]
+    return [
+        f"Out-of-distribution flag: Mahalanobis distance to the nearest class in the "
+        f"embedding (each class's covariance, {ood['components']} axes), threshold "
+        f"{ood['threshold']:.4g} = the {ood['quantile']:g} quantile of "
+        f"{ood['calibrated_on']} validation images' scores "
+        f"({ood['val_flagged']:.1%} of them flagged).",
+        "",
     ]
 
 
