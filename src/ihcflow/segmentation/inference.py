@@ -1,0 +1,67 @@
+"""One image in, nuclei out: tiling + post-processing, the same in evaluation and the server.
+
+A runner is any callable float32 (B, 3, roi, roi) RGB in [0, 1] -> float32 (B, 4, roi, roi)
+probabilities (``instances.CHANNELS``): ``predictor.TorchRunner`` for a checkpoint, an ONNX
+Runtime session for the registered model. Normalisation is inside the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from ihcflow.segmentation.instances import PostprocessConfig, to_annotation
+from ihcflow.segmentation.labels import Annotation
+from ihcflow.segmentation.tiling import MODES, Runner, predict_tiled
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    roi: int = 256  # window side (px): a multiple of the network's total stride (16)
+    overlap: float = 0.25  # of the window side: border pixels of a window see less context
+    batch: int = 4  # windows per network call: bounds memory
+    blend: str = "gaussian"  # or "constant" (plain mean of overlapping windows)
+
+    def __post_init__(self) -> None:
+        if self.roi < 16 or self.roi % 16:
+            raise ValueError(f"tiling.roi is {self.roi}, expected a multiple of 16 (>= 16)")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"tiling.overlap is {self.overlap}, expected a value in [0, 1)")
+        if self.batch < 1:
+            raise ValueError(f"tiling.batch is {self.batch}, expected >= 1")
+        if self.blend not in MODES:
+            raise ValueError(f"tiling.blend is {self.blend!r}, expected one of {MODES}")
+
+
+def typed(cls: type, values: Mapping[str, Any] | None, section: str) -> Any:
+    """Build the dataclass ``cls`` from a params mapping; an unknown key is an error."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{section}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    annotation: Annotation
+    probs: np.ndarray  # (4, H, W) uint8, value / 255
+
+
+def segment(
+    image: np.ndarray, runner: Runner, tiling: TilingConfig, post: PostprocessConfig
+) -> Segmentation:
+    """Nuclei of ``image`` (H, W, 3) uint8 RGB, of any size."""
+    probs = predict_tiled(
+        image,
+        runner,
+        roi=tiling.roi,
+        overlap=tiling.overlap,
+        batch=tiling.batch,
+        mode=tiling.blend,
+    )
+    return Segmentation(to_annotation(probs, post), probs)
