@@ -194,8 +194,8 @@ class NucleiDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if patch < 16 or patch % 16:
-            raise ValueError(f"patch is {patch} px, expected a multiple of 16")
+        if patch < 8:
+            raise ValueError(f"patch is {patch} px, expected at least 8")
         if batch_size < 1 or patches_per_epoch < batch_size or val_patches < 1:
             raise ValueError(
                 f"batch_size {batch_size}, patches_per_epoch {patches_per_epoch}, val_patches "

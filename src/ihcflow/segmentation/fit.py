@@ -97,13 +97,14 @@ def fit_segmentation(
     if resume is None:
         ckpts.clear(ckpt_dir)
     seed_everything(config["seed"], workers=True, verbose=False)
+    mean, std = dm.mean.tolist(), dm.std.tolist()
     meta = {
         "task": TASK,
         "config": config,
         "channels": list(CHANNELS),
         "size_multiple": multiple,
-        "mean": dm.mean.tolist(),
-        "std": dm.std.tolist(),
+        "mean": mean,
+        "std": std,
         "train_tiles": dm.counts["train"],
         "fingerprint": fp,
         "finished": False,
@@ -111,8 +112,8 @@ def fit_segmentation(
     scheduler = params.segmentation.train.get("scheduler")
     module = NucleiSegmenter(
         build_net(config["model"]["net"]),
-        mean=meta["mean"],
-        std=meta["std"],
+        mean=mean,
+        std=std,
         optimizer=instantiate(params.segmentation.train.optimizer),
         scheduler=instantiate(scheduler) if scheduler is not None else None,
         scheduler_interval=str(train["scheduler_interval"]),

@@ -17,6 +17,9 @@ from ihcflow.segmentation.instances import PostprocessConfig, to_annotation
 from ihcflow.segmentation.labels import Annotation
 from ihcflow.segmentation.tiling import MODES, Runner, predict_tiled
 
+INPUT_NAME = "image"  # float32 (N, 3, H, W) RGB in [0, 1]
+OUTPUT_NAME = "probs"  # float32 (N, 4, H, W): instances.CHANNELS
+
 
 @dataclass(frozen=True)
 class TilingConfig:
@@ -65,3 +68,20 @@ def segment(
         mode=tiling.blend,
     )
     return Segmentation(to_annotation(probs, post), probs)
+
+
+class OnnxSessionRunner:
+    """A ``tiling.Runner`` for an ONNX Runtime session of the exported model."""
+
+    def __init__(self, session: Any) -> None:
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+            raise ValueError(
+                f"ONNX model has inputs {inputs} and outputs {outputs}; a segmentation model "
+                f"has input {INPUT_NAME!r} and output {OUTPUT_NAME!r}"
+            )
+        self.session = session
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]

@@ -34,7 +34,7 @@ _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 class PostprocessConfig:
     foreground: float = 0.5  # P(nucleus) = 1 - P(background) a nucleus pixel needs
     seed: float = 0.5  # P(interior) of a seed pixel
-    min_seed_px: int = 6  # smaller seeds are noise (a 15 px nucleus has a ~80 px interior)
+    min_seed_px: int = 10  # smaller seeds are fragments (a 15 px nucleus has a ~80 px interior)
     grow_px: int = 8  # seeds grow at most this far: about twice the boundary band
     min_area_px: int = 25  # smaller nuclei are dropped (debris; ~6 px across)
     positive: float = 0.5  # mean P(positive) of a positive nucleus
@@ -64,8 +64,8 @@ def to_annotation(probs: np.ndarray, cfg: PostprocessConfig) -> Annotation:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(seeds.astype(np.uint8), connectivity=4)
     keep = np.zeros(n, bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= cfg.min_seed_px
-    if keep.sum() > 65_000:
-        raise ValueError(f"{int(keep.sum())} nuclei in one image: more than a 16-bit mask holds")
+    if keep.sum() > 65_535:
+        raise ValueError(f"{int(keep.sum())} nuclei in one image: more than 16 bits hold")
     lut = np.zeros(n, np.uint16)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint16)
     inst = lut[labels]
@@ -77,13 +77,17 @@ def to_annotation(probs: np.ndarray, cfg: PostprocessConfig) -> Annotation:
             break
         inst[step] = grown[step]
     rest = (nucleus & (inst == 0)).astype(np.uint8)
-    n_rest, rest_labels = cv2.connectedComponents(rest, connectivity=4)
-    if n_rest > 1:
+    n_rest, rest_labels, rest_stats, _ = cv2.connectedComponentsWithStats(rest, connectivity=4)
+    big = np.flatnonzero(rest_stats[:, cv2.CC_STAT_AREA] >= cfg.min_area_px)
+    big = big[big > 0]
+    if len(big):
         offset = int(inst.max())
-        if offset + n_rest > 65_535:
-            raise ValueError("too many nuclei in one image for a 16-bit mask")
-        inside = rest_labels > 0
-        inst[inside] = (rest_labels[inside] + offset).astype(np.uint16)
+        if offset + len(big) > 65_535:
+            raise ValueError(f"{offset + len(big)} nuclei in one image: more than 16 bits hold")
+        rest_lut = np.zeros(n_rest, np.uint16)
+        rest_lut[big] = np.arange(offset + 1, offset + 1 + len(big), dtype=np.uint16)
+        new = rest_lut[rest_labels]
+        inst = np.where(new > 0, new, inst)
     area = np.bincount(inst.ravel())
     small = area < cfg.min_area_px
     small[0] = False

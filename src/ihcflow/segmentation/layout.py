@@ -105,6 +105,7 @@ def discover(root: str | Path) -> SegLayout:
     if not root.is_dir():
         raise DatasetError(f"{root}: segmentation data folder not found")
     splits = [s for s in GIVEN_SPLITS if (root / s).is_dir()]
+    folders: tuple[str, ...]
     if (root / IMAGES).is_dir():
         if splits:
             raise DatasetError(

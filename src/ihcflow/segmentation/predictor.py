@@ -20,12 +20,11 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
+from ihcflow.segmentation.inference import INPUT_NAME, OUTPUT_NAME, OnnxSessionRunner
 from ihcflow.segmentation.module import OUT_CHANNELS, SegmentationNet
 from ihcflow.training.checkpoints import load_checkpoint, model_digest
 from ihcflow.training.module import CKPT_KEY, Normalize
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probs"
 TASK = "segmentation"
 
 
@@ -56,23 +55,6 @@ class TorchRunner:
     @torch.inference_mode()
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-
-
-class OnnxSessionRunner:
-    """A ``tiling.Runner`` for an ONNX Runtime session of the exported model."""
-
-    def __init__(self, session: Any) -> None:
-        inputs = [i.name for i in session.get_inputs()]
-        outputs = [o.name for o in session.get_outputs()]
-        if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
-            raise ValueError(
-                f"ONNX model has inputs {inputs} and outputs {outputs}; a segmentation model "
-                f"has input {INPUT_NAME!r} and output {OUTPUT_NAME!r}"
-            )
-        self.session = session
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
 class SegPredictor:

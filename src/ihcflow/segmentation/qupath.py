@@ -90,7 +90,7 @@ def nucleus_class(properties: Mapping[str, Any]) -> int:
 def _polygons(geometry: Mapping[str, Any]) -> list[list[Any]] | None:
     """The polygons (each a list of rings) of a geometry; None if it has no area."""
     kind = geometry.get("type")
-    coords = geometry.get("coordinates")
+    coords: Any = geometry.get("coordinates")
     if kind == "Polygon":
         return [coords]
     if kind == "MultiPolygon":
