@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -38,11 +37,12 @@ import pandas as pd
 import psutil
 
 from ihcflow.data.synth import DEFAULT_CLASSES, render_image
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
+from ihcflow.images.features import FEATURE_COLUMNS, image_features
 from ihcflow.monitoring.drift import DriftParams, compare, compare_windows
 from ihcflow.monitoring.report import DriftRun, write_report
-from ihcflow.monitoring.simulate import iso_z, scale_brightness, scale_stain
+from ihcflow.monitoring.simulate import scale_brightness, scale_stain
 from ihcflow.monitoring.sources import Table, read_logs
+from ihcflow.prediction_log import PredictionLog, make_record
 
 POOL_PER_CLASS = 120
 SIZE = 128
@@ -108,38 +108,35 @@ def calibrate(dim: int, seeds: int) -> None:
 
 
 def write_log_files(log_dir: Path, pool: dict, rows: int, days: int, seed: int) -> int:
-    """``rows`` JSON lines spread over ``days`` UTC days; returns the bytes written."""
+    """``rows`` records spread over ``days`` UTC days, written by the server's own writer;
+    returns the bytes written."""
     rng = np.random.default_rng(seed)
     start = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
     per_day = np.diff(np.linspace(0, rows, days + 1).astype(int))
     log_dir.mkdir(parents=True)
-    total = 0
-    for day, n in enumerate(per_day):
-        frame, emb = pool["darker" if day >= days - 2 else "same"]
-        picks = rng.integers(0, len(frame), n)
-        seconds = np.sort(rng.integers(0, 86400, n))
-        feats = frame[FEATURE_COLUMNS].to_numpy()[picks]
-        preds = frame["predicted"].to_numpy()[picks]
-        lines = []
-        for k in range(n):
-            record = {
-                "ts": iso_z(start + dt.timedelta(days=day, seconds=int(seconds[k]))),
-                "request_id": f"{day:02d}{k:08d}",
-                "model_name": "ihc-classifier",
-                "model_version": "1.0.0",
-                "filename": None,
-                "predicted": str(preds[k]),
-                "probs": {str(preds[k]): 0.9},
-                "features": dict(zip(FEATURE_COLUMNS, feats[k].round(6).tolist(), strict=True)),
-                "embedding": emb[picks[k]].round(6).tolist(),
-                "latency_ms": 10.0,
-            }
-            lines.append(json.dumps(record, separators=(",", ":")))
-        path = log_dir / f"predictions-{(start + dt.timedelta(days=day)).date()}.jsonl"
-        text = "\n".join(lines) + "\n"
-        path.write_text(text)
-        total += len(text)
-    return total
+    with PredictionLog(log_dir) as log:
+        for day, n in enumerate(per_day):
+            frame, emb = pool["darker" if day >= days - 2 else "same"]
+            picks = rng.integers(0, len(frame), n)
+            seconds = np.sort(rng.integers(0, 86400, n))
+            feats = frame[FEATURE_COLUMNS].to_numpy()[picks]
+            preds = frame["predicted"].to_numpy()[picks]
+            log.write(
+                make_record(
+                    ts=start + dt.timedelta(days=day, seconds=int(seconds[k])),
+                    request_id=f"{day:02d}{k:08d}",
+                    model_name="ihc-classifier",
+                    model_version="1.0.0",
+                    filename=None,
+                    predicted=str(preds[k]),
+                    probs={str(preds[k]): 0.9},
+                    features=dict(zip(FEATURE_COLUMNS, feats[k].round(6).tolist(), strict=True)),
+                    latency_ms=10.0,
+                    embedding=emb[picks[k]].round(6).tolist(),
+                )
+                for k in range(n)
+            )
+    return sum(p.stat().st_size for p in log_dir.glob("*.jsonl"))
 
 
 class Clock:

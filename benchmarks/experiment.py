@@ -35,9 +35,8 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from ihcflow.training.toydata import toy_image  # noqa: E402
+sys.path[:0] = [str(REPO / "src"), str(REPO)]  # ihcflow, and tests.helpers for generated data
+from tests.helpers.data import toy_image  # noqa: E402
 
 BLOODMNIST = {"train": 11_959, "val": 1_712, "test": 3_421}
 N_CLASSES = 8

@@ -16,7 +16,7 @@ JPEGs instead (cycled, each copy made distinct by a few trailing bytes). It prin
 - where the time goes: CPU ms per image for each step, one thread (robust on a busy machine).
 
 Every process involved (this one, decode and stage workers) gets the same allocator setting
-as the stage (:func:`ihcflow.preprocess.tune_malloc`), so the comparison is like for like.
+as the stage (:func:`ihcflow.images.prepare.tune_malloc`), so the comparison is like for like.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ import numpy as np
 import psutil
 from omegaconf import OmegaConf
 
-from ihcflow.imageio import decode_rgb8
-from ihcflow.imaging.features import image_features
-from ihcflow.imaging.ops import preprocess_image
-from ihcflow.io import sha256_bytes
-from ihcflow.preprocess import encode_png, preprocess_dataset, tune_malloc
+from ihcflow.files import sha256_bytes
+from ihcflow.images.codec import decode_rgb8, encode_png
+from ihcflow.images.features import image_features
+from ihcflow.images.prepare import preprocess_image, tune_malloc
+from ihcflow.preprocess import PreprocessParams, preprocess_dataset
 from ihcflow.validation import validate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def profile(paths: Sequence[Path], cfg, limit: int = 200) -> dict[str, float]:
         t3 = time.process_time()
         out, _ = preprocess_image(rgb, cfg)
         t4 = time.process_time()
-        encode_png(out)
+        encode_png(out, 1, fast=True)
         t5 = time.process_time()
         cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         t6 = time.process_time()
@@ -235,9 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     workers = args.workers or os.cpu_count() or 1
     tune_malloc()  # as the stage's main() does: the same allocator setting everywhere
-    cfg = OmegaConf.load(args.params)
-    if "preprocess" in cfg:  # a composed params.yaml
-        cfg = cfg.preprocess
+    loaded = OmegaConf.load(args.params)
+    cfg = PreprocessParams.from_section(loaded.preprocess if "preprocess" in loaded else loaded)
     n, extra = args.n, max(1, args.n // 100)
 
     work = Path(tempfile.mkdtemp(prefix="ihcflow-bench-"))

@@ -5,7 +5,7 @@
 
 Builds the pipeline's network (``conf/model/<model>.yaml``, the train stage's checkpoint
 layout, weights as initialised: latency does not depend on their values) for ``size`` px,
-exports it with the pipeline's own ``Predictor.export_onnx`` and writes a model folder the
+exports it with the pipeline's own ``CheckpointPredictor.export_onnx`` and writes a model folder the
 server loads. Everything runs on ``--cpus`` cores (affinity of this process and the servers).
 It prints, for single ``size`` px images:
 
@@ -52,13 +52,13 @@ CLASSES = ["Er", "Her2neu", "Pr", "Ki-67", "Histology"]
 
 # ---------------------------------------------------------------- the model
 def build_model(model: str, size: int, out: Path) -> Any:
-    """A trained-layout checkpoint of conf/model/<model>.yaml -> Predictor + model folder."""
+    """A trained-layout checkpoint of conf/model/<model>.yaml -> its predictor + model folder."""
     import torch
     from omegaconf import OmegaConf
 
-    from ihcflow.io import sha256_file, write_json_atomic
+    from ihcflow.files import sha256_file, write_json_atomic
     from ihcflow.training.module import CKPT_KEY, Normalize
-    from ihcflow.training.predictor import InferenceNet, Predictor
+    from ihcflow.training.predictor import CheckpointPredictor, InferenceNet
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / f"conf/model/{model}.yaml"), resolve=True)
     assert isinstance(cfg, dict)
@@ -84,7 +84,7 @@ def build_model(model: str, size: int, out: Path) -> Any:
         },
         "state_dict": module.state_dict(),
     }
-    predictor = Predictor(ckpt, f"benchmark {model}")
+    predictor = CheckpointPredictor(ckpt, f"benchmark {model}")
     out.mkdir(parents=True, exist_ok=True)
     predictor.export_onnx(out / "model.onnx")
     info = {
@@ -234,15 +234,13 @@ def serve_torch(args: argparse.Namespace) -> None:
     import uvicorn
 
     from ihcflow.serving import ServedModel, Settings, create_app
-    from ihcflow.serving.model import read_model_info
+    from ihcflow.serving.model import read_servable
 
     settings = Settings.from_env(model_dir=args.model_dir, log_dir=args.log_dir, port=args.port)
     torch.set_num_threads(settings.intra_op_threads)
     with tempfile.TemporaryDirectory() as tmp:  # same seed: the same weights as the ONNX file
-        predictor = build_model(
-            args.model, read_model_info(args.model_dir)["input_size"], Path(tmp)
-        )
-    model = ServedModel(read_model_info(args.model_dir), TorchRunner(predictor.model))
+        predictor = build_model(args.model, read_servable(args.model_dir)["input_size"], Path(tmp))
+    model = ServedModel(read_servable(args.model_dir), TorchRunner(predictor.model))
     app = create_app(settings, model=model)
     uvicorn.run(app, host="127.0.0.1", port=settings.port, log_level="warning", access_log=False)
 
@@ -346,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from ihcflow.serving.model import OnnxRunner, ServedModel, read_model_info
+    from ihcflow.model_format import OnnxModel
+    from ihcflow.serving.model import ServedModel, read_servable
 
     torch.set_num_threads(len(cpus))
     results: dict[str, Any] = {"model": args.model, "size": args.size, "cpus": len(cpus)}
@@ -361,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         # 1. model only
         x = np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)
         eager = TorchRunner(predictor.model)
-        onnx_run = OnnxRunner(model_dir / "model.onnx", threads=len(cpus))
+        onnx_run = OnnxModel(model_dir / "model.onnx", threads=len(cpus))
         np.testing.assert_allclose(eager(x)[0], onnx_run(x)[0], atol=1e-4)  # the same model
         results["model_only"] = time_interleaved(
             {"torch_eager": lambda: eager(x), "onnxruntime": lambda: onnx_run(x)}, args.n, block=50
@@ -370,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         images = real_jpegs(args.src, args.size, 64) if args.src else [
             patch_jpeg(args.size, seed) for seed in range(64)
         ]  # fmt: skip
-        served = ServedModel(read_model_info(model_dir), onnx_run)
+        served = ServedModel(read_servable(model_dir), onnx_run)
         prepared = served.prepare(images[0], "patch.jpg", max_pixels=10**8)
         results["prepare_only"] = time_calls(
             lambda: served.prepare(images[0], "patch.jpg", max_pixels=10**8), args.n

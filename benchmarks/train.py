@@ -33,12 +33,13 @@ from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]  # ihcflow, and tests.helpers for generated data
 
 from ihcflow.training.datamodule import ImageDataModule  # noqa: E402
 from ihcflow.training.fit import StepTimer, build_datamodule, build_module  # noqa: E402
 from ihcflow.training.module import ImageClassifier  # noqa: E402
-from ihcflow.training.toydata import write_toy_split  # noqa: E402
+from ihcflow.training.params import TrainRun  # noqa: E402
+from tests.helpers.data import write_toy_split  # noqa: E402
 
 
 def plain_epoch(module: ImageClassifier, dm: ImageDataModule, opt, sched, epoch: int) -> dict:
@@ -148,13 +149,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = ["experiment=pbc28", f"preprocess.size={args.size}", *args.override]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    torch.manual_seed(int(cfg.seed))
-    dm = build_datamodule(cfg, split_csv, data)
+    run = TrainRun.from_params(cfg)
+    torch.manual_seed(run.seed)
+    dm = build_datamodule(run, split_csv, data)
     t0 = time.perf_counter()
     dm.setup("fit")
     load_s = time.perf_counter() - t0
-    template = build_module(cfg, dm, {})
-    trainer_cfg = dict(cfg.trainer)
+    template = build_module(run, dm, {})
+    trainer_cfg = run.trainer
 
     # Lightning trains one copy of the model; after each of its epochs (hook), the plain loop
     # trains another copy of the same initial model for one epoch. Epoch 0 is a warm-up.
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report = {
         "config": {
-            "model": str(cfg.model.name),
+            "model": run.model.name,
             "n_train": len(dm.sets["train"]),
             "size": args.size,
             "batch_size": dm.batch_size,

@@ -8,61 +8,74 @@ Unchanged images are reused from the cache in `preprocess.cache_dir`.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from omegaconf import DictConfig, OmegaConf
-
-from ihcflow.io import load_params, write_csv_atomic, write_json_atomic
-from ihcflow.preprocess import preprocess_dataset, tune_malloc
-
-MANIFEST_DTYPES = {"path": str, "class": str, "given_split": str, "sha256": str}
+from ihcflow.config import load_params
+from ihcflow.errors import PipelineError
+from ihcflow.files import write_json_atomic
+from ihcflow.images.prepare import tune_malloc
+from ihcflow.preprocess import (
+    MANIFEST_COLUMNS,
+    PreprocessError,
+    PreprocessParams,
+    preprocess_dataset,
+)
+from ihcflow.tables import FEATURES, IMAGES_DIR, MANIFEST, read_table, write_table
 
 
 def run(
-    params: Mapping[str, Any],
-    data_dir: Path,
-    manifest_path: Path,
-    out_dir: Path,
+    params: PreprocessParams,
     *,
+    data: Path,
+    manifest: Path,
+    images: Path,
+    features: Path,
+    report: Path,
     workers: int | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Preprocess the images of ``manifest_path`` into ``out_dir``; return features and report."""
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: manifest not found (run the validate stage)")
-    manifest = pd.read_csv(manifest_path, dtype=MANIFEST_DTYPES, keep_default_na=False)
-    cache_dir = params.get("cache_dir")
-    features, stats = preprocess_dataset(
-        manifest,
-        data_dir,
-        out_dir,
+) -> dict[str, Any]:
+    """Preprocess the images of ``manifest`` into ``images``; write the feature table and the
+    report, and return the report (``workers`` overrides ``params.workers``)."""
+    table = read_table(manifest, MANIFEST, columns=MANIFEST_COLUMNS, error=PreprocessError)
+    feature_table, stats = preprocess_dataset(
+        table,
+        data,
+        images,
         params,
-        cache_dir=Path(cache_dir) if cache_dir else None,
-        workers=int(params.get("workers", 0)) if workers is None else workers,
+        cache_dir=Path(params.cache_dir) if params.cache_dir else None,
+        workers=params.workers if workers is None else workers,
     )
-    plain = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params)
-    report = {**stats, "params": plain}
-    return features, report
+    result = {**stats, "params": asdict(params)}
+    write_table(features, feature_table, FEATURES)
+    write_json_atomic(report, result)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--manifest", type=Path, default=Path("processed/manifest.csv"))
-    parser.add_argument("--out", type=Path, default=Path("processed/images"))
-    parser.add_argument("--features", type=Path, default=Path("reports/data/features.csv"))
+    parser.add_argument("--manifest", type=Path, default=Path(MANIFEST.path))
+    parser.add_argument("--out", type=Path, default=Path(IMAGES_DIR))
+    parser.add_argument("--features", type=Path, default=Path(FEATURES.path))
     parser.add_argument("--report", type=Path, default=Path("reports/data/preprocess.json"))
     parser.add_argument("--workers", type=int, default=None, help="override preprocess.workers")
     args = parser.parse_args(argv)
 
     tune_malloc()  # this process may preprocess a few images itself (incremental runs)
-    params = load_params(args.params).preprocess
-    features, report = run(params, args.data, args.manifest, args.out, workers=args.workers)
-    write_csv_atomic(args.features, features)
-    write_json_atomic(args.report, report)
+    try:
+        report = run(
+            PreprocessParams.from_section(load_params(args.params).get("preprocess")),
+            data=args.data,
+            manifest=args.manifest,
+            images=args.out,
+            features=args.features,
+            report=args.report,
+            workers=args.workers,
+        )
+    except PipelineError as exc:
+        raise SystemExit(f"preprocess: {exc}") from None
     print(
         f"preprocess: {report['n']} images, {report['n_cached']} cached, "
         f"{report['n_processed']} processed, {report['images_per_s']} images/s "

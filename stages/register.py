@@ -2,67 +2,71 @@
 
 Reads reports/metrics.json, reports/predictions.csv, the checkpoint and params `gate`; on pass
 writes models/model.onnx, models/model.json and models/MODEL_CARD.md (replaced as one set).
-On fail it exits non-zero with each metric against its threshold, leaving models/ untouched.
+On fail it exits 1 with each metric against its threshold, leaving models/ untouched.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
-from omegaconf import OmegaConf
+from ihcflow.config import load_params
+from ihcflow.errors import PipelineError
+from ihcflow.files import read_json
+from ihcflow.registry.gate import GateFailed, GateParams
+from ihcflow.registry.register import (
+    Candidate,
+    Evaluated,
+    ExportablePredictor,
+    Registered,
+    RegisterError,
+    register,
+    summary_line,
+)
+from ihcflow.tables import METRICS, PREDICTIONS, SPLIT, read_table
 
-from ihcflow.io import load_params, read_json
-from ihcflow.registry import ExportablePredictor, register, summary_line
+UNCHANGED = "the registered model is unchanged"
 
 
 def run(
-    predictor: ExportablePredictor,
-    gate: Mapping[str, Any],
+    params: GateParams,
     *,
     checkpoint: Path,
-    metrics_path: Path,
-    predictions_path: Path,
-    split_csv: Path,
+    metrics: Path,
+    predictions: Path,
+    split: Path,
+    train_summary: Path,
     root: Path,
-    models_dir: Path,
-    preprocess: Mapping[str, Any] | None = None,
-    train_summary_path: Path | None = None,
-    model_digest: str | None = None,
-) -> dict[str, Any]:
-    """Gate and register; returns model.json. Raises ``GateFailed`` (SystemExit) on fail."""
-    metrics = read_json(metrics_path, "metrics (run the evaluate stage)")
-    if not predictions_path.is_file():
-        raise FileNotFoundError(f"{predictions_path}: predictions not found (run evaluate)")
-    predictions = pd.read_csv(predictions_path, keep_default_na=False)
-    summary = None
-    if train_summary_path is not None and train_summary_path.is_file():
-        summary = read_json(train_summary_path, "training summary")
-    return register(
-        predictor,
-        metrics,
-        predictions,
-        gate,
-        checkpoint=checkpoint,
-        root=root,
-        split_csv=split_csv,
-        models_dir=models_dir,
-        preprocess=preprocess,
-        train_summary=summary,
-        predictions_source=str(predictions_path),
-        model_digest=model_digest,
+    models: Path,
+    predictor: ExportablePredictor | None = None,
+) -> Registered:
+    """Gate and register the model in ``checkpoint`` (``predictor``: that model, already
+    loaded). Raises :class:`GateFailed` when a threshold does not hold."""
+    if predictor is None:
+        from ihcflow.training.predictor import load_predictor
+
+        predictor = load_predictor(checkpoint)
+    evaluated = Evaluated(
+        metrics=read_json(metrics, "metrics (run the evaluate stage)", error=RegisterError),
+        predictions=read_table(predictions, PREDICTIONS, error=RegisterError),
+        source=str(predictions),
+        train_summary=(
+            read_json(train_summary, "training summary", error=RegisterError)
+            if train_summary.is_file()
+            else None
+        ),
     )
+    candidate = Candidate(predictor, checkpoint, getattr(predictor, "digest", None))
+    return register(candidate, evaluated, params, root=root, split_csv=split, models_dir=models)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("models/checkpoints/best.ckpt"))
-    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
-    parser.add_argument("--predictions", type=Path, default=Path("reports/predictions.csv"))
-    parser.add_argument("--split", type=Path, default=Path("processed/split.csv"))
+    parser.add_argument("--metrics", type=Path, default=Path(METRICS))
+    parser.add_argument("--predictions", type=Path, default=Path(PREDICTIONS.path))
+    parser.add_argument("--split", type=Path, default=Path(SPLIT.path))
     parser.add_argument(
         "--root", type=Path, default=Path(), help="split.csv paths are relative to it"
     )
@@ -70,31 +74,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    gate = OmegaConf.to_container(params.gate, resolve=True)
-    preprocess = (
-        OmegaConf.to_container(params.preprocess, resolve=True) if "preprocess" in params else None
-    )
-    from ihcflow.training.predictor import load_predictor
-
     try:
-        predictor = load_predictor(args.checkpoint)
-        info = run(
-            predictor,
-            gate,  # type: ignore[arg-type]
+        result = run(
+            GateParams.from_section(load_params(args.params).get("gate")),
             checkpoint=args.checkpoint,
-            metrics_path=args.metrics,
-            predictions_path=args.predictions,
-            split_csv=args.split,
+            metrics=args.metrics,
+            predictions=args.predictions,
+            split=args.split,
+            train_summary=args.train_summary,
             root=args.root,
-            models_dir=args.models,
-            preprocess=preprocess,  # type: ignore[arg-type]
-            train_summary_path=args.train_summary,
-            model_digest=predictor.digest,
+            models=args.models,
         )
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"register: {exc}; the registered model is unchanged") from None
-    print(summary_line(info))
+    except GateFailed as exc:
+        head = f"register: the candidate model failed the gate; {UNCHANGED}"
+        raise SystemExit(f"{head}\n{exc.result.report()}") from None
+    except PipelineError as exc:
+        raise SystemExit(f"register: {exc}; {UNCHANGED}") from None
+    if result.rolled_back:
+        print(f"register: rolled back an interrupted swap in {args.models}")
+    print(result.gate.report())
+    print(summary_line(result.info))
 
 
 if __name__ == "__main__":

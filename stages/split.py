@@ -7,32 +7,46 @@ writes processed/split.csv and reports/data/split.json.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ihcflow.io import load_params, write_csv_atomic, write_json_atomic
-from ihcflow.split import SplitError, assign_groups, read_split_inputs, split_dataset
+from ihcflow import config
+from ihcflow.config import load_params, section
+from ihcflow.errors import PipelineError
+from ihcflow.files import write_json_atomic
+from ihcflow.split import SplitParams, assign_groups, read_split_inputs, split_dataset
+from ihcflow.tables import FEATURES, IMAGES_DIR, MANIFEST, SPLIT, write_table
 
 
 def run(
-    params: Mapping[str, Any], *, seed: int, manifest: Path, features: Path, data_dir: Path
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Return the rows of ``processed/split.csv`` and the ``split.json`` report."""
+    params: SplitParams,
+    *,
+    seed: int,
+    manifest: Path,
+    features: Path,
+    data: Path,
+    images: Path,
+    out: Path,
+    report: Path,
+) -> dict[str, Any]:
+    """Split; write ``out`` (processed/split.csv) and ``report``, and return the report. A
+    failed split leaves neither (a stale one must not feed training)."""
+    out.unlink(missing_ok=True)
+    report.unlink(missing_ok=True)
     frame = read_split_inputs(manifest, features)
-    groups_file = params.get("groups_file")
-    groups_csv = data_dir / groups_file if groups_file else None
-    groups = assign_groups(frame, groups_csv=groups_csv, pattern=params.get("group_pattern"))
-    table, report = split_dataset(
-        frame, groups, val=params["val"], test=params["test"], seed=int(seed)
+    groups_csv = data / params.groups_file if params.groups_file else None
+    groups = assign_groups(frame, groups_csv=groups_csv, pattern=params.group_pattern)
+    table, result = split_dataset(
+        frame, groups, val=params.val, test=params.test, seed=seed, images_dir=images
     )
-    report["groups"]["file"] = str(groups_csv) if groups.source == "file" else None
-    report["groups"]["pattern"] = (
-        params.get("group_pattern") if groups.source == "pattern" else None
-    )
-    return table, report
+    result["groups"]["file"] = str(groups_csv) if groups.source == "file" else None
+    result["groups"]["pattern"] = params.group_pattern if groups.source == "pattern" else None
+    write_table(out, table, SPLIT)
+    write_json_atomic(report, result)
+    return result
 
 
 def _print_counts(report: dict[str, Any]) -> None:
@@ -45,29 +59,30 @@ def _print_counts(report: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manifest", type=Path, default=Path("processed/manifest.csv"))
-    parser.add_argument("--features", type=Path, default=Path("reports/data/features.csv"))
+    parser.add_argument("--manifest", type=Path, default=Path(MANIFEST.path))
+    parser.add_argument("--features", type=Path, default=Path(FEATURES.path))
     parser.add_argument("--data", type=Path, default=Path("data"))
-    parser.add_argument("--out", type=Path, default=Path("processed/split.csv"))
+    parser.add_argument(
+        "--images", type=Path, default=Path(IMAGES_DIR), help="the preprocess stage's --out"
+    )
+    parser.add_argument("--out", type=Path, default=Path(SPLIT.path))
     parser.add_argument("--report", type=Path, default=Path("reports/data/split.json"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    params = load_params(args.params)
     try:
-        table, report = run(
-            params.split,
-            seed=params.seed,
+        params = load_params(args.params)
+        report = run(
+            section(params, "split", SplitParams),
+            seed=config.seed(params),
             manifest=args.manifest,
             features=args.features,
-            data_dir=args.data,
+            data=args.data,
+            images=args.images,
+            out=args.out,
+            report=args.report,
         )
-    except SplitError as exc:
-        # No split from a failed run: a stale one must not feed training.
-        args.out.unlink(missing_ok=True)
-        args.report.unlink(missing_ok=True)
+    except PipelineError as exc:
         raise SystemExit(f"split: {exc}") from None
-    write_csv_atomic(args.out, table)
-    write_json_atomic(args.report, report)
     _print_counts(report)
     print(f"split: wrote {args.out} and {args.report}")
 

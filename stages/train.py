@@ -16,28 +16,26 @@ from typing import Any
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
-from ihcflow.io import load_params
-from ihcflow.training.datamodule import DataError
-from ihcflow.training.fit import TrainConfigError, fit
+from ihcflow.config import load_params
+from ihcflow.errors import PipelineError
+from ihcflow.tables import SPLIT
+from ihcflow.training.fit import fit
 
 
 def run(
     params: DictConfig,
     *,
-    split_csv: Path,
+    split: Path,
     root: Path,
     checkpoints: Path,
-    live_dir: Path,
+    live: Path,
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Train from the whole params (sections seed, model, train, trainer, preprocess)."""
+    """Train from the whole params (sections seed, model, train, trainer, preprocess: the
+    checkpoint records them); writes the checkpoints and ``live`` (dvclive, summary.json) and
+    returns the summary."""
     return fit(
-        params,
-        split_csv=split_csv,
-        root=root,
-        ckpt_dir=checkpoints,
-        live_dir=live_dir,
-        callbacks=callbacks,
+        params, split_csv=split, root=root, ckpt_dir=checkpoints, live_dir=live, callbacks=callbacks
     )
 
 
@@ -55,7 +53,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", type=Path, default=Path("processed/split.csv"))
+    parser.add_argument("--split", type=Path, default=Path(SPLIT.path))
     parser.add_argument(
         "--root", type=Path, default=Path(), help="split.csv image paths are relative to it"
     )
@@ -65,16 +63,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # torch 2.13 deprecates a check Lightning 2.6 still makes (also filtered in pyproject)
     warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\).*", FutureWarning)
-    params = load_params(args.params)
     try:
         summary = run(
-            params,
-            split_csv=args.split,
+            load_params(args.params),
+            split=args.split,
             root=args.root,
             checkpoints=args.checkpoints,
-            live_dir=args.live,
+            live=args.live,
         )
-    except (DataError, TrainConfigError, FileNotFoundError, KeyError) as exc:
+    except PipelineError as exc:
         raise SystemExit(f"train: {exc}") from None
     _print_summary(summary)
 

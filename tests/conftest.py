@@ -1,47 +1,17 @@
-"""Shared fixtures: paths, a throwaway DVC project built from this repository's pipeline."""
+"""Fixtures. Shared code lives in tests/helpers/ (a test module never imports another one)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PBC_SAMPLE = REPO.parent / "shared" / "datasets" / "pbc-sample"
-BIN = Path(sys.executable).parent
+from tests.helpers import REPO, run_cmd
 
 # What a temporary DVC project needs from this repository (not data, not outputs).
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "conf", "stages", "src", ".dvcignore", ".gitignore")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # dvc.yaml runs `python stages/...`
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "ihcflow tests"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "tests@ihcflow.invalid"
-    return env
-
-
-def run_cmd(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
-            f"--- stderr\n{proc.stderr}"
-        )
-    return proc
-
-
-def fresh_clone(root: Path, dest: Path) -> Path:
-    """``git clone`` of ``root``: what someone else gets, without data/, outputs or DVC cache."""
-    run_cmd(["git", "clone", "-q", str(root), str(dest)], root.parent)
-    return dest
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def _cmd_params(args: argparse.Namespace) -> int:
             return 1
         print("params.yaml matches conf/")
         return 0
-    from ihcflow.io import write_text_atomic
+    from ihcflow.files import write_text_atomic
 
     write_text_atomic(out, text)
     print(f"wrote {out.name} from conf/ (overrides: {' '.join(args.overrides) or 'none'})")

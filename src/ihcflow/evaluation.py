@@ -1,8 +1,8 @@
 """Test-split evaluation: metrics, ROC points and per-image predictions for any predictor.
 
 Model-agnostic: a predictor is anything with ``class_names`` (label order), ``input_size``
-and ``predict_proba(images uint8 (N, H, W, 3) RGB) -> (N, K) probabilities`` (see
-``ihcflow.training.predictor``). Metrics are computed with torchmetrics.
+and ``predict_proba(images uint8 (N, H, W, 3) RGB) -> (N, K) probabilities`` (:class:`Predictor`).
+Metrics are computed with torchmetrics.
 
 Macro averages (balanced accuracy, F1, AUROC) run over the classes present in the evaluated
 split: a class with no test image has no recall and no ROC curve, and counting it as 0 would
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,13 +30,37 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from ihcflow.training.datamodule import load_image, read_split_table
+from ihcflow.dataset import load_images, read_split, split_rows
+from ihcflow.errors import PipelineError
+from ihcflow.tables import PREDICTIONS, prob_column
 
-SPLIT_COLUMNS = ("path", "class", "split", "image")
 PROB_TOLERANCE = 1e-3  # rows of `probs` must sum to 1 within this (softmax in float32)
 
 
+@dataclass
+class Misclassified:
+    max_images: int  # the grid shows the most confidently wrong test images first
+    columns: int
+
+
+@dataclass
+class EvaluateParams:
+    """The ``evaluate`` params section (conf/evaluate/default.yaml)."""
+
+    split: str  # the split scored
+    batch_size: int  # images per predict_proba call (memory, not results)
+    misclassified: Misclassified
+
+
+class EvaluationError(PipelineError):
+    """The split, its images or the model's outputs cannot be evaluated."""
+
+
 class Predictor(Protocol):
+    """What evaluation (and registration) needs of a model: ``predict_proba`` takes uint8
+    (N, S, S, 3) RGB images, S = ``input_size``, and returns (N, K) probabilities in
+    ``class_names`` order. :class:`ihcflow.training.predictor.CheckpointPredictor` is one."""
+
     class_names: list[str]
     input_size: int
 
@@ -50,19 +75,19 @@ def _number(value: float) -> float | None:
 
 def check_probs(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> None:
     if probs.ndim != 2 or probs.shape[1] != n_classes:
-        raise ValueError(f"probabilities have shape {probs.shape}, expected (N, {n_classes})")
+        raise EvaluationError(f"probabilities have shape {probs.shape}, expected (N, {n_classes})")
     if y_true.ndim != 1 or len(y_true) != len(probs):
-        raise ValueError(f"{len(y_true)} labels for {len(probs)} rows of probabilities")
+        raise EvaluationError(f"{len(y_true)} labels for {len(probs)} rows of probabilities")
     if len(y_true) == 0:
-        raise ValueError("nothing to evaluate: 0 samples")
+        raise EvaluationError("nothing to evaluate: 0 samples")
     if not np.all(np.isfinite(probs)):
-        raise ValueError("probabilities contain NaN or infinite values")
+        raise EvaluationError("probabilities contain NaN or infinite values")
     sums = probs.sum(axis=1)
     worst = int(np.argmax(np.abs(sums - 1.0)))
     if abs(sums[worst] - 1.0) > PROB_TOLERANCE:
-        raise ValueError(f"probabilities of row {worst} sum to {sums[worst]:.6f}, expected 1")
+        raise EvaluationError(f"probabilities of row {worst} sum to {sums[worst]:.6f}, expected 1")
     if y_true.min() < 0 or y_true.max() >= n_classes:
-        raise ValueError(
+        raise EvaluationError(
             f"labels must be in 0..{n_classes - 1}, got {y_true.min()}..{y_true.max()}"
         )
 
@@ -139,30 +164,11 @@ def roc_points(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
     return pd.concat(frames, ignore_index=True)
 
 
-def read_split(split_csv: str | Path, split: str = "test") -> pd.DataFrame:
-    """Rows of ``split`` from ``processed/split.csv``, checked for the columns evaluation needs."""
-    frame = read_split_table(split_csv, SPLIT_COLUMNS)
-    rows = frame[frame["split"] == split].reset_index(drop=True)
-    if rows.empty:
-        found = sorted(set(frame["split"]))
-        raise ValueError(f"{split_csv}: no rows with split={split!r} (splits present: {found})")
-    return rows
-
-
-def load_images(image_paths: Sequence[str], root: str | Path, size: int) -> np.ndarray:
-    """Read preprocessed images (paths relative to ``root``) into (N, size, size, 3) uint8."""
-    root = Path(root)
-    batch = np.empty((len(image_paths), size, size, 3), dtype=np.uint8)
-    for i, rel in enumerate(image_paths):
-        batch[i] = load_image(root / rel, size)
-    return batch
-
-
 def label_indices(classes: Sequence[str], class_names: Sequence[str], source: str) -> np.ndarray:
     index = {name: i for i, name in enumerate(class_names)}
     unknown = sorted(set(classes) - set(index))
     if unknown:
-        raise ValueError(
+        raise EvaluationError(
             f"{source}: class(es) {unknown} are not among the model's classes {list(class_names)}"
         )
     return np.array([index[c] for c in classes], dtype=np.int64)
@@ -176,9 +182,10 @@ def predict_images(
     out = np.empty((len(image_paths), k), dtype=np.float64)
     for start in range(0, len(image_paths), batch_size):
         chunk = image_paths[start : start + batch_size]
-        probs = np.asarray(predictor.predict_proba(load_images(chunk, root, predictor.input_size)))
+        images = load_images(chunk, root, predictor.input_size, error=EvaluationError)
+        probs = np.asarray(predictor.predict_proba(images))
         if probs.shape != (len(chunk), k):
-            raise ValueError(
+            raise EvaluationError(
                 f"predict_proba returned shape {probs.shape}, expected ({len(chunk)}, {k})"
             )
         out[start : start + len(chunk)] = probs
@@ -195,10 +202,11 @@ def predictions_frame(
             "image": rows["image"].to_numpy(),
             "class": rows["class"].to_numpy(),
             "predicted": np.asarray(class_names, dtype=object)[probs.argmax(axis=1)],
-        }
+        },
+        columns=list(PREDICTIONS.columns),
     )
     for i, name in enumerate(class_names):
-        frame[f"prob_{name}"] = probs[:, i]
+        frame[prob_column(name)] = probs[:, i]
     return frame
 
 
@@ -211,7 +219,8 @@ def evaluate_split(
     batch_size: int = 64,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Predict every image of ``split`` and score it: (metrics, per-image predictions)."""
-    rows = read_split(split_csv, split)
+    frame = read_split(split_csv, error=EvaluationError)
+    rows = split_rows(frame, split, split_csv, error=EvaluationError)
     class_names = list(predictor.class_names)
     y = label_indices(rows["class"].tolist(), class_names, str(split_csv))
     probs = predict_images(predictor, rows["image"].tolist(), root, batch_size)
@@ -219,10 +228,10 @@ def evaluate_split(
 
 
 def probs_from_predictions(frame: pd.DataFrame, class_names: Sequence[str]) -> np.ndarray:
-    cols = [f"prob_{name}" for name in class_names]
+    cols = [prob_column(name) for name in class_names]
     missing = [c for c in cols if c not in frame.columns]
     if missing:
-        raise ValueError(
+        raise EvaluationError(
             f"predictions lack column(s) {missing} (model classes {list(class_names)})"
         )
     return frame[cols].to_numpy(dtype=np.float64)

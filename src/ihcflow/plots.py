@@ -15,8 +15,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ihcflow.evaluation import load_images
-from ihcflow.io import write_bytes_atomic
+from ihcflow.dataset import load_images
+from ihcflow.files import write_bytes_atomic
+from ihcflow.tables import prob_column
 
 DPI = 110
 
@@ -93,7 +94,7 @@ def misclassified(predictions: pd.DataFrame, max_images: int) -> pd.DataFrame:
     """The misclassified rows, most confidently wrong first, at most ``max_images``."""
     wrong = predictions[predictions["class"] != predictions["predicted"]].copy()
     wrong["confidence"] = [
-        float(wrong.at[i, f"prob_{name}"]) for i, name in wrong["predicted"].items()
+        float(wrong.at[i, prob_column(name)]) for i, name in wrong["predicted"].items()
     ]
     wrong = wrong.sort_values(["confidence", "path"], ascending=[False, True], kind="stable")
     return wrong.head(max(0, max_images))

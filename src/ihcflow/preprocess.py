@@ -1,7 +1,7 @@
 """Preprocess a whole data set: parallel, incremental (content-addressed cache), streaming.
 
-For every image of the manifest: decode, compute the drift features on the raw pixels, run
-:func:`ihcflow.imaging.ops.preprocess_image`, write ``<sha256>.png``.
+For every image of the manifest: :func:`ihcflow.images.prepare.prepare_image` (decode, drift
+features on the raw pixels, the preprocessing operations), write ``<sha256>.png``.
 
 The cache lives in ``<cache_dir>/<key>/``, ``key`` a hash of the params that affect the pixels
 (:func:`cache_key`), so a re-run after adding 1% new images only processes that 1%:
@@ -21,7 +21,6 @@ an entry is deterministic, so concurrent runs can at worst compute an entry twic
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import multiprocessing
@@ -31,51 +30,36 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
 import cv2
-import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
-from ihcflow.imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb8
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
-from ihcflow.imaging.ops import check_rgb, preprocess_image
-from ihcflow.io import atomic_dir, atomic_path, params_hash, sha256_bytes
+from ihcflow.config import typed
+from ihcflow.errors import PipelineError
+from ihcflow.files import atomic_dir, atomic_path, params_hash, sha256_bytes
+from ihcflow.images.codec import ImageError, encode_png, png_params
+from ihcflow.images.features import FEATURE_COLUMNS
+from ihcflow.images.prepare import ImageParams, check_params, prepare_image, tune_malloc
+from ihcflow.tables import FEATURE_FLAGS, FEATURES, MANIFEST, image_file
 
 # Bump when an operation's output changes for the same params, so old cache entries miss.
 CACHE_VERSION = 1
-# Output PNG encoding: zlib level 1, SUB filter, Huffman-only coding. 2-3x faster to write than
-# libpng's default adaptive filters at about the same size on stained images (measured with
-# benchmarks/preprocess.py); the bytes are deterministic, so processed_sha256 is reproducible.
-PNG_PARAMS = (
-    cv2.IMWRITE_PNG_COMPRESSION, 1,
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-)  # fmt: skip
-NON_PIXEL_PARAMS = ("workers", "cache_dir")  # how the work runs, not what it produces
-MANIFEST_COLUMNS = ("path", "class", "given_split", "sha256")
-OUTPUT_COLUMNS = [
-    "path",
-    "class",
-    "given_split",
-    "sha256",
-    "processed_sha256",
-    *FEATURE_COLUMNS,
-    "corrected",
-    "stain_normalized",
-]
+# Output PNG encoding: zlib level 1, fast filters (ihcflow.images.codec.png_params); the bytes are
+# deterministic, so processed_sha256 is reproducible.
+PNG_PARAMS = png_params(1, fast=True)
+MANIFEST_COLUMNS = MANIFEST.columns[:4]  # what this stage reads: path, class, given_split, sha256
+OUTPUT_COLUMNS = [*FEATURES.columns, *FEATURE_COLUMNS, *FEATURE_FLAGS]
 RECORDS_NAME = "records.json"
 _CHUNK_MAX = 32  # images per task sent to a worker
 # Starting worker processes costs about as much as preprocessing ~100 images on one core, so
 # small batches (an incremental run with a few new images) run in this process instead.
 _MIN_PARALLEL = 64
-_MALLOC_KEEP = 32 << 20  # workers reuse freed buffers up to this size (see tune_malloc)
 
 
-class PreprocessError(RuntimeError):
+class PreprocessError(PipelineError):
     """An image could not be preprocessed; the message names the file."""
 
 
@@ -87,60 +71,27 @@ class _Task:
     cache: str | None  # the cache entry's PNG, None without a cache
 
 
-def pixel_params(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the ``preprocess`` params that decides the output pixels."""
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    return {k: v for k, v in dict(cfg).items() if k not in NON_PIXEL_PARAMS}
+@dataclass
+class PreprocessParams(ImageParams):
+    """The ``preprocess`` params section: the pixels (:class:`ImageParams`) and how the stage
+    runs (conf/preprocess/default.yaml)."""
+
+    workers: int  # processes; 0 = all cores
+    cache_dir: str | None  # keyed by content hash + the pixel params; None: no cache
+
+    @classmethod
+    def from_section(cls, node: Any, where: str = "preprocess") -> PreprocessParams:
+        return typed(node, cls, where)
 
 
-def cache_key(cfg: Mapping[str, Any]) -> str:
+def cache_key(params: ImageParams) -> str:
     """Hash of the pixel params and the code/encoding versions: one cache folder per value."""
-    return params_hash(
-        {"params": pixel_params(cfg), "version": CACHE_VERSION, "png": list(PNG_PARAMS)}
-    )
+    pixels = {f.name: getattr(params, f.name) for f in fields(ImageParams)}
+    return params_hash({"params": asdict(ImageParams(**pixels)), "version": CACHE_VERSION,
+                        "png": list(PNG_PARAMS)})  # fmt: skip
 
 
-def check_params(cfg: Mapping[str, Any]) -> None:
-    """Fail early, naming the problem, if ``preprocess_image`` cannot run with ``cfg``."""
-    try:
-        preprocess_image(np.full((64, 64, 3), 128, np.uint8), cfg)
-    except KeyError as exc:
-        raise ValueError(f"preprocess params: missing key {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"preprocess params: {exc}") from None
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 RGB image with :data:`PNG_PARAMS`."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(check_rgb(rgb), cv2.COLOR_RGB2BGR), PNG_PARAMS)
-    if not ok:
-        raise ValueError(f"PNG encoding failed for an image of shape {rgb.shape}")
-    return buf.tobytes()
-
-
-def prepare_image(
-    data: bytes,
-    source: str,
-    params: Mapping[str, Any],
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    strict: bool = False,
-) -> tuple[np.ndarray, dict[str, float], dict[str, bool]]:
-    """Raw file bytes -> (model-ready RGB image, drift features, what was applied).
-
-    The one path from a file to the model's input, shared by this stage and the server: decode,
-    measure :data:`FEATURE_COLUMNS` on the decoded image (before any correction), then
-    :func:`preprocess_image`. ``strict`` also rejects damaged pixel data (the server has no
-    validate stage before it).
-    """
-    rgb, _ = decode_rgb8(data, source, max_pixels=max_pixels, strict=strict)
-    features = image_features(rgb)
-    out, applied = preprocess_image(rgb, params)
-    return out, features, applied
-
-
-def process_file(source: str | Path, sha256: str, params: Mapping[str, Any]) -> tuple[bytes, dict]:
+def process_file(source: str | Path, sha256: str, params: ImageParams) -> tuple[bytes, dict]:
     """Decode one raw file and return its PNG bytes and record (features, flags, hash)."""
     data = Path(source).read_bytes()
     actual = sha256_bytes(data)
@@ -150,7 +101,7 @@ def process_file(source: str | Path, sha256: str, params: Mapping[str, Any]) -> 
             f"manifest says {sha256[:12]}...); re-run the validate stage"
         )
     out, features, applied = prepare_image(data, str(source), params)
-    png = encode_png(out)
+    png = encode_png(out, 1, fast=True)
     record = {
         "features": features,
         "corrected": int(applied["corrected"]),
@@ -177,7 +128,7 @@ def _publish(src: str, dst: str) -> None:
         raise
 
 
-def _run_task(task: _Task, params: Mapping[str, Any]) -> dict:
+def _run_task(task: _Task, params: ImageParams) -> dict:
     try:
         png, record = process_file(task.source, task.sha256, params)
     except PreprocessError:
@@ -193,36 +144,17 @@ def _run_task(task: _Task, params: Mapping[str, Any]) -> dict:
     return record
 
 
-def tune_malloc(max_reused: int = _MALLOC_KEEP) -> bool:
-    """Let glibc keep freed buffers up to ``max_reused`` bytes instead of unmapping them.
-
-    By default each buffer over ~128 KiB (every decoded image and every intermediate array)
-    is mmapped on allocation and unmapped on free, so every image pays page faults for all its
-    arrays again; on a VM that doubled the cost of both decoding and the operations (see
-    benchmarks/preprocess.py). For a process that handles one image after another.
-    Returns whether it applied (glibc only).
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, max_reused)) and bool(
-        mallopt(m_trim_threshold, 2 * max_reused)
-    )
+_WORKER_PARAMS: list[ImageParams] = []  # the params of this worker process
 
 
-_WORKER_PARAMS: dict[str, Any] = {}
-
-
-def _init_worker(params: dict[str, Any]) -> None:
+def _init_worker(params: ImageParams) -> None:
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
     tune_malloc()
-    _WORKER_PARAMS.update(params)
+    _WORKER_PARAMS[:] = [params]
 
 
 def _run_chunk(tasks: Sequence[_Task]) -> list[tuple[str, dict]]:
-    return [(t.sha256, _run_task(t, _WORKER_PARAMS)) for t in tasks]
+    return [(t.sha256, _run_task(t, _WORKER_PARAMS[0])) for t in tasks]
 
 
 def _chunks(items: Sequence[_Task], size: int) -> Iterator[Sequence[_Task]]:
@@ -231,7 +163,7 @@ def _chunks(items: Sequence[_Task], size: int) -> Iterator[Sequence[_Task]]:
 
 
 def _process(
-    tasks: Sequence[_Task], params: dict[str, Any], workers: int
+    tasks: Sequence[_Task], params: ImageParams, workers: int
 ) -> Iterable[tuple[str, dict]]:
     """Yield ``(sha256, record)`` as tasks finish; at most a few chunks are in flight."""
     if not tasks:
@@ -324,23 +256,22 @@ def preprocess_dataset(
     manifest: pd.DataFrame,
     data_dir: str | Path,
     out_dir: str | Path,
-    cfg: Mapping[str, Any],
+    params: ImageParams,
     *,
     cache_dir: str | Path | None,
     workers: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Preprocess every manifest image into ``out_dir/<sha256>.png`` (rebuilt atomically).
 
-    ``cfg`` is the ``preprocess`` params section. ``cache_dir=None`` disables the cache.
+    ``cache_dir=None`` disables the cache.
     ``workers=0`` uses every core; worker processes start with ``forkserver``, so a script
     calling this needs the usual ``if __name__ == "__main__":`` guard. Returns the features
     table (``OUTPUT_COLUMNS``, in manifest order) and run statistics.
     """
     start = time.perf_counter()
     _check_manifest(manifest)
-    params = pixel_params(cfg)
     check_params(params)
-    key = cache_key(cfg)
+    key = cache_key(params)
     workers = int(workers) or os.cpu_count() or 1
     entries = Path(cache_dir) / key if cache_dir is not None else None
     known, journals = _read_records(entries) if entries is not None else ({}, [])
@@ -352,7 +283,7 @@ def preprocess_dataset(
             if sha in records or sha in misses:
                 continue
             # plain strings, not Path objects: this loop runs once per image
-            out = f"{tmp_out}/{sha}.png"
+            out = image_file(tmp_out, sha)
             cached = f"{entries}/{sha[:2]}/{sha}.png" if entries is not None else None
             if cached is not None and _is_cached(cached, known.get(sha)):
                 records[sha] = known[sha]

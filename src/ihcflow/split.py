@@ -12,20 +12,37 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from ihcflow.io import read_csv_table
+from ihcflow.errors import PipelineError
+from ihcflow.tables import (
+    FEATURES,
+    GROUPS,
+    IMAGES_DIR,
+    MANIFEST,
+    SPLIT,
+    SPLITS,
+    image_file,
+    read_table,
+)
 
-SPLITS = ("train", "val", "test")
-IMAGE_TEMPLATE = "processed/images/{}.png"
-OUTPUT_COLUMNS = ["path", "sha256", "class", "split", "group", "image"]
+
+@dataclass
+class SplitParams:
+    """The ``split`` params section (conf/split/default.yaml)."""
+
+    val: float  # fraction for validation (layout 2: of the given train set)
+    test: float  # fraction for test (layout 1 only)
+    group_pattern: str | None  # regex on the file name; its first group is the patient/slide
+    groups_file: str | None  # path,group table relative to the data folder
 
 
-class SplitError(ValueError):
+class SplitError(PipelineError):
     """The inputs cannot be split as asked (bad groups file, too few groups, stale inputs)."""
 
 
@@ -61,17 +78,7 @@ def read_groups_csv(
     none of whose paths is known (usually paths not relative to ``data/``).
     """
     path = Path(path)
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise SplitError(f"{path}: cannot read as CSV ({exc})") from exc
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in ("path", "group") if c not in table.columns]
-    if missing:
-        raise SplitError(
-            f"{path}: missing column(s) {missing}; expected a header 'path,group' "
-            f"(found {list(table.columns)})"
-        )
+    table = read_table(path, GROUPS, error=SplitError)
     table = pd.DataFrame(
         {
             "path": table["path"].map(_norm_path),
@@ -439,10 +446,17 @@ def _fractions(counts: pd.DataFrame, splits: list[str]) -> dict[str, Any]:
 
 
 def split_dataset(
-    frame: pd.DataFrame, groups: GroupAssignment, *, val: float, test: float, seed: int
+    frame: pd.DataFrame,
+    groups: GroupAssignment,
+    *,
+    val: float,
+    test: float,
+    seed: int,
+    images_dir: str | Path = IMAGES_DIR,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Split a manifest joined with its features (``path``, ``class``, ``given_split``,
-    ``sha256``, ``processed_sha256``) and return ``processed/split.csv`` and the report."""
+    ``sha256``, ``processed_sha256``) and return ``processed/split.csv`` and the report.
+    ``images_dir``: where the preprocess stage put the images (the ``image`` column)."""
     frame = frame.assign(group=groups.groups.astype(str)).sort_values("path").reset_index(drop=True)
     layout = _layout(frame["given_split"].astype(str))
     units = merge_units(frame)
@@ -513,7 +527,8 @@ def split_dataset(
             "(same file or same preprocessed pixels); they stay in one split"
         )
 
-    out = frame.assign(image=frame["sha256"].map(IMAGE_TEMPLATE.format))[OUTPUT_COLUMNS]
+    images = frame["sha256"].map(lambda sha: image_file(images_dir, sha))
+    out = frame.assign(image=images)[list(SPLIT.columns)]
     report: dict[str, Any] = {
         "layout": layout,
         "seed": seed,
@@ -544,13 +559,14 @@ def read_split_inputs(manifest: str | Path, features: str | Path) -> pd.DataFram
     """Join ``processed/manifest.csv`` with the content hashes of ``reports/data/features.csv``,
     checking that both describe the same images."""
     tables = []
-    for path, columns in (
-        (Path(manifest), ["path", "class", "given_split", "sha256"]),
-        (Path(features), ["path", "sha256", "processed_sha256"]),
+    for path, spec, columns in (
+        (Path(manifest), MANIFEST, ["path", "class", "given_split", "sha256"]),
+        (Path(features), FEATURES, ["path", "sha256", "processed_sha256"]),
     ):
-        table = read_csv_table(
+        table = read_table(
             path,
-            columns,
+            spec,
+            columns=columns,
             error=SplitError,
             absent="not found (run the validate and preprocess stages first)",
         )

@@ -23,25 +23,12 @@ from typing import Any
 import pandas as pd
 
 from ihcflow.data.layout import DatasetError, Entry, Layout, discover
-from ihcflow.imageio import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, decode_rgb8
-from ihcflow.io import sha256_bytes
+from ihcflow.files import sha256_bytes
+from ihcflow.images.codec import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, decode_rgb8
+from ihcflow.tables import MANIFEST
 
 POLICIES = ("skip", "fail")
 REASONS = ("empty", "not_an_image", "corrupt", "unsupported_mode", "too_large", "duplicate")
-MANIFEST_COLUMNS = [
-    "path",
-    "class",
-    "given_split",
-    "sha256",
-    "width",
-    "height",
-    "channels",
-    "bit_depth",
-    "mode",
-    "format",
-    "bytes",
-    "notes",
-]
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 # Below both of these, starting worker processes (~1 s: each imports OpenCV, PIL, pandas)
 # costs more than it saves: a 20 KB JPEG takes ~1.5 ms to hash and decode twice.
@@ -51,8 +38,18 @@ MAX_CHUNK = 64  # files per task sent to a worker: big enough to amortise the ro
 
 
 @dataclass
+class ValidateParams:
+    """The ``validate`` params section (conf/validate/default.yaml)."""
+
+    policy: str  # skip: drop bad files and report them; fail: list every bad file, no manifest
+    max_pixels: int  # refuse larger images before decoding
+    max_bytes: int  # refuse larger files without reading them
+    min_per_class: int  # a class with fewer valid images is an error
+
+
+@dataclass
 class ValidationResult:
-    manifest: pd.DataFrame  # one row per accepted image, MANIFEST_COLUMNS, sorted by path
+    manifest: pd.DataFrame  # one row per accepted image, MANIFEST.columns, sorted by path
     report: dict[str, Any]  # the content of reports/data/validation.json
 
 
@@ -219,7 +216,7 @@ def _manifest(accepted: list[FileCheck], entries: dict[str, Entry]) -> pd.DataFr
                 "notes": "; ".join(check.notes),
             }
         )
-    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    frame = pd.DataFrame(rows, columns=list(MANIFEST.columns))
     return frame.sort_values("path", kind="stable").reset_index(drop=True)
 
 
@@ -270,12 +267,12 @@ def validate_dataset(
     ``if __name__ == "__main__":`` guard.
     """
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        raise DatasetError(f"policy must be one of {POLICIES}, got {policy!r}")
     for name, value in (("max_pixels", max_pixels), ("max_bytes", max_bytes)):
         if value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+            raise DatasetError(f"{name} must be > 0, got {value}")
     if min_per_class < 1:
-        raise ValueError(f"min_per_class must be >= 1, got {min_per_class}")
+        raise DatasetError(f"min_per_class must be >= 1, got {min_per_class}")
     root = Path(data_dir)
     layout = discover(root)
     entries = {e.path: e for e in layout.entries}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cmd
-from tests.integration.test_pipeline_full import GATE_OPEN
+from tests.helpers import REPO, run_cmd
+from tests.helpers.pipeline import GATE_OPEN
 
 BENCH = REPO / "benchmarks"
 

@@ -15,11 +15,11 @@ import yaml
 
 from ihcflow.data.provenance import IMPORT_SOURCE, SAMPLE_SOURCE
 from ihcflow.reporting.pr import data_source
-from tests.conftest import fresh_clone, run_cmd
-from tests.integration.test_pipeline_data import DVC, IHCFLOW, set_param
+from tests.helpers import fresh_clone, run_cmd
+from tests.helpers.pipeline import DVC, IHCFLOW, set_param
 
 
-def sample_project(project) -> Path:
+def project_with_the_sample_from_get(project) -> Path:
     """A fresh project whose data/ is the built-in sample made by `ihcflow data get`, committed
     (a small sample keeps this fast; data.dvc records how it was made)."""
     root = project()
@@ -46,7 +46,7 @@ def get_fails(root: Path) -> str:
 def test_data_get_writes_the_sample_then_restores_it_from_the_cache_and_keeps_edits(
     project,
 ) -> None:
-    root = sample_project(project)
+    root = project_with_the_sample_from_get(project)
     recorded = yaml.safe_load((root / "data.dvc").read_text())
     assert recorded["meta"]["source"] == SAMPLE_SOURCE
     assert recorded["meta"]["md5"] == recorded["outs"][0]["md5"]
@@ -62,7 +62,7 @@ def test_data_get_writes_the_sample_then_restores_it_from_the_cache_and_keeps_ed
 
 
 def test_fresh_clone_regenerates_the_recorded_sample_byte_for_byte(project, tmp_path) -> None:
-    clone = fresh_clone(sample_project(project), tmp_path / "clone")
+    clone = fresh_clone(project_with_the_sample_from_get(project), tmp_path / "clone")
     before = (clone / "data.dvc").read_bytes()
     out = run_cmd([IHCFLOW, "data", "get"], clone).stdout
     assert "built-in sample regenerated" in out and "matches data.dvc" in out
@@ -73,7 +73,7 @@ def test_fresh_clone_regenerates_the_recorded_sample_byte_for_byte(project, tmp_
 
 
 def test_fresh_clone_refuses_a_sample_that_regenerates_to_another_hash(project, tmp_path) -> None:
-    root = sample_project(project)
+    root = project_with_the_sample_from_get(project)
     recorded = yaml.safe_load((root / "data.dvc").read_text())
     recorded["meta"]["args"]["seed"] = 1  # same data.dvc hash, other generator args
     (root / "data.dvc").write_text(yaml.safe_dump(recorded, sort_keys=False))
@@ -101,7 +101,7 @@ def _npz(path: Path) -> Path:
 def test_import_records_its_source_and_a_fresh_clone_never_gets_the_sample_instead(
     project, tmp_path
 ) -> None:
-    root = sample_project(project)
+    root = project_with_the_sample_from_get(project)
     npz = _npz(tmp_path / "tiny.npz")
     out = run_cmd([IHCFLOW, "data", "import", str(npz), "--replace"], root).stdout
     assert "data.dvc records the import" in out

@@ -3,38 +3,20 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import BIN, REPO, run_cmd
-
-IHCFLOW = str(BIN / "ihcflow")
-DVC = str(BIN / "dvc")
-SMALL = ["--per-class", "10", "--patients", "5", "--size", "96"]
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
-
-def set_param(root: Path, dotted: str, value: object) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    node = params
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+from tests.helpers import REPO, run_cmd
+from tests.helpers.pipeline import DVC, IHCFLOW, TINY_SAMPLE, ran_stages, set_param
 
 
 @pytest.mark.slow
 def test_repro_split_then_noop_then_preprocess_param_reruns_only_downstream(project) -> None:
     root = project()
     set_param(root, "preprocess.size", 64)
-    run_cmd([IHCFLOW, "data", "synth", *SMALL], root)
+    run_cmd([IHCFLOW, "data", "synth", *TINY_SAMPLE], root)
     run_cmd([DVC, "add", "-q", "data"], root)
 
     first = run_cmd([DVC, "repro", "split"], root)
@@ -61,7 +43,7 @@ def test_repro_split_then_noop_then_preprocess_param_reruns_only_downstream(proj
 @pytest.mark.slow
 def test_validate_reports_bad_files_and_pipeline_continues(project) -> None:
     root = project()
-    run_cmd([IHCFLOW, "data", "synth", *SMALL], root)
+    run_cmd([IHCFLOW, "data", "synth", *TINY_SAMPLE], root)
     (root / "data/Er/broken.png").write_bytes(b"not a png at all")
     (root / "data/Pr/empty.jpg").write_bytes(b"")
     run_cmd([DVC, "repro", "split"], root)

@@ -13,54 +13,20 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import _env, run_cmd
-from tests.integration.test_pipeline_data import DVC, IHCFLOW, ran_stages, set_param
-
-STAGES = ["validate", "preprocess", "split", "train", "evaluate", "register"]
-# A few epochs do not make a good model: the gate is opened, these tests are about the wiring.
-GATE_OPEN = {
-    f"gate.{key}": 0.0
-    for key in (
-        "min_accuracy",
-        "min_balanced_accuracy",
-        "min_f1_macro",
-        "min_auroc_macro",
-        "min_class_recall",
-    )
-}
-SMALL = {"preprocess.size": 32, "train.early_stopping.patience": None, "gate.verify_images": 4}
-# 300 images (the default is 500): the wiring, not the model, is under test; 50 of them test
-SMALL_SAMPLE = ("--per-class", "60", "--patients", "12")
-
-
-def overrides(**params: object) -> list[str]:
-    """``-S key=value`` arguments for `dvc exp run` (Hydra override syntax)."""
-    args = []
-    for key, value in {**SMALL, **GATE_OPEN, **params}.items():
-        args += ["-S", f"{key}={'null' if value is None else value}"]
-    return args
-
-
-def sample_project(project, synth: Sequence[str] = SMALL_SAMPLE, **params: object) -> Path:
-    """A temporary clone of the pipeline on the built-in sample, committed; with ``params`` (and
-    the small settings) written into params.yaml, for plain `dvc repro`. ``synth``: arguments
-    of `ihcflow data synth` (a smaller sample)."""
-    root = project()
-    run_cmd([IHCFLOW, "data", "synth", *synth], root)  # the built-in sample
-    run_cmd([DVC, "add", "-q", "data"], root)
-    if params:
-        for key, value in {**SMALL, **GATE_OPEN, **params}.items():
-            set_param(root, key, value)
-    run_cmd(["git", "add", "-A"], root)
-    run_cmd(["git", "commit", "-qm", "sample"], root)
-    return root
+from tests.helpers import command_env, run_cmd
+from tests.helpers.pipeline import (
+    DVC,
+    STAGES,
+    overrides,
+    ran_stages,
+    sample_project,
+)
 
 
 @pytest.mark.slow
@@ -99,7 +65,7 @@ def test_repro_killed_during_training_resumes_and_keeps_the_history(project) -> 
     proc = subprocess.Popen(
         [DVC, "repro"],
         cwd=root,
-        env=_env(),
+        env=command_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

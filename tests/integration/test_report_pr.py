@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from ihcflow.imageio import encode_png
+from ihcflow.images.codec import encode_png
 from ihcflow.reporting.pr import MARKER
-from tests.conftest import run_cmd
+from tests.helpers import run_cmd
 
 pytestmark = pytest.mark.slow  # a git + DVC repository with two `dvc repro` runs (~20 s)
 

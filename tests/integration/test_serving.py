@@ -3,18 +3,12 @@ pipeline's own stages trained, evaluated and registered from raw images, queried
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +16,19 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from ihcflow.imaging.features import FEATURE_COLUMNS
-from ihcflow.io import write_csv_atomic
-from ihcflow.serving.predlog import read_log
-from tests.conftest import REPO
-from tests.integration.test_register import (
-    TinyPredictor,
-    evaluate_tiny,
-    load_stage,
-    register,
-    train_tiny,
-)
-from tests.unit.test_metrics import CLASSES, COLOURS, SIZE
+from ihcflow.config import typed
+from ihcflow.images.features import FEATURE_COLUMNS
+from ihcflow.prediction_log import read_log
+from ihcflow.preprocess import PreprocessParams
+from ihcflow.split import SplitParams
+from ihcflow.validation import ValidateParams
+from tests.helpers import conf_section, load_stage
+from tests.helpers.data import CLASSES, COLOURS, SIZE, png_bytes
+from tests.helpers.models import TinyPredictor, evaluate_tiny, register_tiny, train_tiny
+from tests.helpers.server import Server, free_port, run_server, server_env
 
 TOKEN = "s3cr3t-test-token-0123456789"
 LIMITS = {"IHCFLOW_MAX_BYTES": "256K", "IHCFLOW_MAX_PIXELS": "1000000", "IHCFLOW_MAX_FILES": "4"}
@@ -66,107 +57,49 @@ def write_raw_images(data: Path, per_class: int = 20, seed: int = 0) -> None:
             image.save(data / cls / f"P{j:02d}_{cls}.{fmt}", **options)
 
 
-def conf_section(name: str) -> dict[str, Any]:
-    loaded = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / name / "default.yaml"))
-    assert isinstance(loaded, dict)
-    return loaded
-
-
 def build_registered_model(root: Path) -> dict[str, Any]:
     """validate -> preprocess -> split -> (tiny) train -> evaluate -> register, as the stages do."""
     data = root / "data"
     write_raw_images(data)
-    result = load_stage("validate").run(data, conf_section("validate"), workers=1)
     manifest = root / "processed/manifest.csv"
-    write_csv_atomic(manifest, result.manifest)
-    preprocess = {**conf_section("preprocess"), "size": SIZE, "workers": 1, "cache_dir": None}
-    features, _ = load_stage("preprocess").run(
-        preprocess, data, manifest, root / "processed/images", workers=1
+    features = root / "reports/data/features.csv"
+    images = root / "processed/images"
+    load_stage("validate").run(
+        typed(conf_section("validate"), ValidateParams, "validate"),
+        data=data,
+        manifest=manifest,
+        report=root / "reports/data/validation.json",
+        workers=1,
     )
-    write_csv_atomic(root / "reports/data/features.csv", features)
-    table, _ = load_stage("split").run(
-        conf_section("split"),
+    preprocess = {**conf_section("preprocess"), "size": SIZE, "workers": 1, "cache_dir": None}
+    load_stage("preprocess").run(
+        PreprocessParams.from_section(preprocess),
+        data=data,
+        manifest=manifest,
+        images=images,
+        features=features,
+        report=root / "reports/data/preprocess.json",
+    )
+    load_stage("split").run(
+        typed(conf_section("split"), SplitParams, "split"),
         seed=42,
         manifest=manifest,
-        features=root / "reports/data/features.csv",
-        data_dir=data,
+        features=features,
+        data=data,
+        images=images.relative_to(root),
+        out=root / "processed/split.csv",
+        report=root / "reports/data/split.json",
     )
-    write_csv_atomic(root / "processed/split.csv", table)
 
     predictor = TinyPredictor(train_tiny(root))
     predictor.config["preprocess"] = preprocess  # what the train stage records
     ev = evaluate_tiny(root, predictor)
-    gate = {"min_balanced_accuracy": 0.0, "verify_images": 5, "model_name": "tiny"}
-    return register(ev, gate, preprocess=None)
+    gate = {"min_balanced_accuracy": 0.0, "verify_images": 5, "verify_tolerance": 1e-4,
+            "model_name": "tiny", "version": None}  # fmt: skip
+    return register_tiny(ev, gate)
 
 
 # --- the server ------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    url: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_dir: Path
-    stderr: Path
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
-
-    def logs(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stderr.read_text().splitlines() if line]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def server_env(extra: dict[str, str], source: bool = True) -> dict[str, str]:
-    """This environment without IHCFLOW_* settings; ``source``: import ihcflow from src/."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IHCFLOW_")}
-    env.pop("PYTHONPATH", None)
-    if source:
-        env["PYTHONPATH"] = str(REPO / "src")
-    env["IHCFLOW_THREADS"] = "1"
-    return {**env, **extra}
-
-
-@contextlib.contextmanager
-def run_server(
-    model_dir: Path, work: Path, env: dict[str, str], python: str = sys.executable
-) -> Iterator[Server]:
-    """``python -m ihcflow.serving`` (``python``: another venv's, with ihcflow installed)."""
-    port = free_port()
-    work.mkdir(parents=True)
-    stderr = work / "server.log"
-    cmd = [python, "-m", "ihcflow.serving", "--model-dir", str(model_dir),
-           "--log-dir", str(work / "predictions"), "--port", str(port)]  # fmt: skip
-    environ = server_env(env, source=python == sys.executable)
-    with open(stderr, "wb") as err:
-        proc = subprocess.Popen(cmd, env=environ, stdout=err, stderr=err, cwd=work)
-    server = Server(f"http://127.0.0.1:{port}", port, proc, work / "predictions", stderr)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited {proc.returncode}:\n{stderr.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready after 60 s:\n{stderr.read_text()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -203,12 +136,6 @@ def metric(text: str, name: str, /, **labels: str) -> float:
 
 def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes]]]:
     return [("files", (name, data)) for name, data in items]
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # --- predictions -----------------------------------------------------------------------------

@@ -13,10 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO
-from tests.integration.test_serving import run_server
-from tests.unit.test_deploy import build_context, install_command
-from tests.unit.test_serving import png, write_model
+from tests.helpers import REPO
+from tests.helpers.data import png
+from tests.helpers.docker import build_context, install_command
+from tests.helpers.models import write_model
+from tests.helpers.server import run_server
 
 TRAINING_STACK = {"torch", "pytorch-lightning", "lightning", "dvc", "hydra-core", "scikit-learn"}
 

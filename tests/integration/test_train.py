@@ -13,18 +13,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from ihcflow.dataset import load_image
+from ihcflow.training import TrainError
 from ihcflow.training import checkpoints as ckpts
-from ihcflow.training.datamodule import DataError, load_image
-from ihcflow.training.fit import TrainConfigError
 from ihcflow.training.module import CKPT_KEY
 from ihcflow.training.predictor import load_predictor
-from ihcflow.training.toydata import write_toy_split
-from stages import train as stage
+from tests.helpers import REPO, compose, load_stage
+from tests.helpers.data import write_toy_split
 
-REPO = Path(__file__).resolve().parents[2]
+stage = load_stage("train")
 SIZE = 32
 # Small and quick: no progress bar or model summary in the test log, tiny batches.
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -32,8 +31,7 @@ TINY = [f"preprocess.size={SIZE}", "train.batch_size=16", "train.epochs=2", *QUI
 
 
 def make_cfg(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*TINY, *overrides])
+    return compose([*TINY, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +52,10 @@ def train(toy_data: Path, tmp_path: Path) -> Train:
     def run(*overrides: str, name: str = "run", callbacks=(), root: Path = toy_data) -> dict:
         return stage.run(
             make_cfg(*overrides),
-            split_csv=root / "processed" / "split.csv",
+            split=root / "processed" / "split.csv",
             root=root,
             checkpoints=tmp_path / name / "checkpoints",
-            live_dir=tmp_path / name / "live",
+            live=tmp_path / name / "live",
             callbacks=callbacks,
         )
 
@@ -250,14 +248,14 @@ def test_bad_inputs_name_the_file(train: Train, toy_data: Path, tmp_path: Path) 
     frame = pd.read_csv(root / "processed" / "split.csv")
     victim = root / frame["image"].iloc[0]
     victim.unlink()
-    with pytest.raises(DataError, match=f"{victim}: preprocessed image not found"):
+    with pytest.raises(TrainError, match=f"{victim}: preprocessed image not found"):
         train(root=root)
     victim.write_bytes(b"not a png")
-    with pytest.raises(DataError, match=str(victim)):
+    with pytest.raises(TrainError, match=str(victim)):
         train(root=root)
     write_toy_split(root, {"train": 8, "val": 4}, n_classes=2, size=SIZE + 4)
     expected = f"is {SIZE + 4}x{SIZE + 4} px, the model expects {SIZE}x{SIZE}"
-    with pytest.raises(DataError, match=expected):
+    with pytest.raises(TrainError, match=expected):
         train(root=root)
 
 
@@ -324,7 +322,7 @@ def test_gpu_preset_full_epochs(train: Train) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without CUDA says")
 @pytest.mark.parametrize("preset", ["trainer=gpu", "trainer=ddp"])
 def test_gpu_presets_without_cuda_fail_in_one_line(preset: str, train: Train) -> None:
-    with pytest.raises(TrainConfigError, match="train with trainer=cpu, or install the CUDA"):
+    with pytest.raises(TrainError, match="train with trainer=cpu, or install the CUDA"):
         train(preset)
 
 

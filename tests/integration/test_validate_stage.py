@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, load_stage
+
+ROOT = REPO
+STAGE = load_stage("validate")
 PARAMS = """\
 validate:
   policy: {policy}
@@ -24,14 +25,6 @@ validate:
   max_bytes: 268435456
   min_per_class: 1
 """
-
-
-def load_stage() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("stage_validate", ROOT / "stages" / "validate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def png(seed: int) -> bytes:
@@ -66,7 +59,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_main_writes_manifest_and_report(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    load_stage().main([])
+    STAGE.main([])
     manifest = pd.read_csv(workdir / "processed/manifest.csv", keep_default_na=False)
     assert list(manifest["path"]) == ["a/1.png", "a/gray.png", "b/2.png", "b/3.png"]
     assert list(manifest["class"]) == ["a", "a", "b", "b"]
@@ -89,7 +82,7 @@ def test_fail_policy_exits_with_every_bad_file_and_no_manifest(workdir: Path) ->
     stale.parent.mkdir()
     stale.write_text("path\nold.png\n")
     with pytest.raises(SystemExit) as exc:
-        load_stage().main([])
+        STAGE.main([])
     message = str(exc.value.code)
     assert message.startswith("validate: ")
     assert "a/notes.png: not_an_image" in message and "b/empty.png: empty" in message
@@ -120,6 +113,6 @@ def test_dataset_error_exits_without_traceback(workdir: Path) -> None:
 
 
 def test_custom_paths(workdir: Path) -> None:
-    load_stage().main(["--manifest", "out/m.csv", "--report", "out/r.json", "--workers", "1"])
+    STAGE.main(["--manifest", "out/m.csv", "--report", "out/r.json", "--workers", "1"])
     assert (workdir / "out/m.csv").is_file() and (workdir / "out/r.json").is_file()
     assert not (workdir / "processed").exists()

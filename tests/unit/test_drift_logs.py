@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from ihcflow.data.synth import render_image
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
+from ihcflow.images.features import FEATURE_COLUMNS, image_features
 from ihcflow.monitoring.drift import DriftParams, compare_windows, window_bounds
-from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain, write_logs
+from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain
 from ihcflow.monitoring.sources import (
     DriftInputError,
     Table,
@@ -22,8 +22,9 @@ from ihcflow.monitoring.sources import (
     parse_since,
     read_logs,
 )
-from ihcflow.serving.predlog import PredictionLog
-from tests.unit.test_drift_stats import draw
+from ihcflow.prediction_log import PredictionLog
+from tests.helpers import write_logs
+from tests.helpers.data import draw
 
 T0 = dt.datetime(2026, 5, 4, 8, 0, tzinfo=dt.UTC)  # a Monday
 FEATURES = dict.fromkeys(FEATURE_COLUMNS, 0.5)

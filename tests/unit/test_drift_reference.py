@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from ihcflow.data.synth import render_image
-from ihcflow.imageio import encode_png
-from ihcflow.imaging.features import FEATURE_COLUMNS
+from ihcflow.images.codec import encode_png
+from ihcflow.images.features import FEATURE_COLUMNS
 from ihcflow.monitoring.sources import (
     DriftInputError,
     Model,
@@ -57,7 +57,7 @@ def test_split_and_features_from_different_runs_are_refused(tmp_path: Path) -> N
     pd.read_csv(features).iloc[:-2].to_csv(features, index=False)
     with pytest.raises(DriftInputError, match=r"2 train image\(s\) not in .*different pipeline"):
         load_reference(features, split_csv=split)
-    with pytest.raises(DriftInputError, match="no rows with split == 'val'"):
+    with pytest.raises(DriftInputError, match="no rows with split='val'"):
         load_reference(features, split_csv=split, split="val")
 
 

@@ -3,15 +3,10 @@ shifts detected and named, the embedding test, constant and missing columns."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import numpy as np
-import pandas as pd
 import pytest
 
-from ihcflow.data.synth import DEFAULT_CLASSES, render_image
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
+from ihcflow.images.features import FEATURE_COLUMNS
 from ihcflow.monitoring.drift import (
     DriftParams,
     column_methods,
@@ -20,53 +15,10 @@ from ihcflow.monitoring.drift import (
     embedding_threshold,
 )
 from ihcflow.monitoring.simulate import scale_brightness, scale_stain
-from ihcflow.monitoring.sources import DriftInputError, Table
+from ihcflow.monitoring.sources import DriftInputError
+from tests.helpers.data import POOL_SIZE, draw
 
-PER_CLASS = 100
-SIZE = 96
-N_REFERENCE = 250
 PARAMS = DriftParams()
-
-
-@functools.cache
-def pool() -> tuple[list[np.ndarray], list[str], pd.DataFrame]:
-    """500 synthetic IHC patches (5 classes, 12 patients), their classes and features."""
-    images, classes = [], []
-    for name in DEFAULT_CLASSES:
-        for index in range(PER_CLASS):
-            images.append(render_image(name, index, size=SIZE))
-            classes.append(name)
-    return images, classes, features(images, classes, range(len(images)))
-
-
-def features(
-    images: list[np.ndarray],
-    classes: list[str],
-    rows: range | np.ndarray,
-    change: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> pd.DataFrame:
-    """Feature rows (and the class as ``predicted``: a perfect model) of ``images[rows]``."""
-    frame = pd.DataFrame(
-        [image_features(images[i] if change is None else change(images[i])) for i in rows]
-    )
-    frame["predicted"] = [classes[i] for i in rows]
-    return frame
-
-
-def draw(
-    seed: int, n_current: int, change: Callable[[np.ndarray], np.ndarray] | None = None
-) -> tuple[Table, Table]:
-    """Reference and current from one population (a random split of the pool); ``change``
-    is applied to the current images (a new scanner or stain batch)."""
-    images, classes, base = pool()
-    order = np.random.default_rng(seed).permutation(len(images))
-    ref_rows, cur_rows = order[:N_REFERENCE], order[N_REFERENCE : N_REFERENCE + n_current]
-    reference = Table(base.iloc[ref_rows].reset_index(drop=True), None, "ref", "reference")
-    if change is None:
-        current = base.iloc[cur_rows].reset_index(drop=True)
-    else:
-        current = features(images, classes, cur_rows, change)
-    return reference, Table(current, None, "cur", "logs")
 
 
 def test_same_distribution_false_alarm_rate_is_low() -> None:
@@ -186,11 +138,11 @@ def test_too_few_current_rows_is_not_enough_data() -> None:
 
 def test_constant_columns_are_skipped_but_a_new_value_drifts() -> None:
     reference, current = draw(1, 60)
-    assert set(reference.frame["width"]) == set(current.frame["width"]) == {SIZE}
+    assert set(reference.frame["width"]) == set(current.frame["width"]) == {POOL_SIZE}
     result = compare(reference, current, PARAMS)
     assert set(result.skipped) == {"width", "height"}
     assert len(result.columns) == len(FEATURE_COLUMNS) - 2 + 1  # + predicted
-    current.frame["width"] = 2.0 * SIZE  # a scanner with another field of view
+    current.frame["width"] = 2.0 * POOL_SIZE  # a scanner with another field of view
     result = compare(reference, current, PARAMS)
     assert "width" in result.drifted_columns and "width" not in result.skipped
 
@@ -222,12 +174,3 @@ def test_params_reject_unknown_keys_and_bad_values() -> None:
         DriftParams(drift_share=0.0)
     with pytest.raises(ValueError, match="drift.features"):
         DriftParams(features=("brightness", "colourfulness"))
-
-
-def test_conf_defaults_are_the_code_defaults() -> None:
-    from omegaconf import OmegaConf
-
-    from tests.conftest import REPO
-
-    conf = OmegaConf.to_container(OmegaConf.load(REPO / "conf/drift/default.yaml"))
-    assert DriftParams.from_mapping(conf) == DriftParams()  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.color import hed2rgb, rgb2hed
 
-from ihcflow.imaging.features import (
+from ihcflow.images.features import (
     ANALYSIS_MAX_SIDE,
     FEATURE_COLUMNS,
     image_features,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ihcflow.registry import GateFailed, evaluate_gate, next_version
+from ihcflow.config import ConfigError
+from ihcflow.registry.gate import GateFailed, GateParams, evaluate_gate
+from ihcflow.registry.install import next_version
 
 METRICS = {
     "accuracy": 0.91,
@@ -30,7 +32,7 @@ def test_gate_passes_when_every_threshold_holds() -> None:
         ("balanced_accuracy", ">=", 0.8, True),
         ("auroc_macro", ">=", 0.97, True),  # equal to the threshold passes
     ]
-    assert "gate PASSED: 2/2 checks hold" in result.table()
+    assert "gate PASSED: 2/2 checks hold" in result.report()
 
 
 def test_gate_fails_on_one_metric_and_reports_each() -> None:
@@ -38,9 +40,9 @@ def test_gate_fails_on_one_metric_and_reports_each() -> None:
     result = evaluate_gate(METRICS, gate)
     assert not result.passed
     assert [(r.metric, r.ok) for r in result.rows] == [("accuracy", True), ("f1_macro", False)]
-    table = result.table()
-    assert "accuracy" in table and "0.9100  >=     0.9000  ok" in table
-    assert "f1_macro" in table and "0.8700  >=     0.9000  FAIL" in table
+    table = result.report()
+    assert "accuracy  0.9100  >= 0.9  ok" in table
+    assert "f1_macro  0.8700  >= 0.9  FAIL" in table
     assert "cohen_kappa" not in table  # null switches a check off
     assert "gate FAILED: 1/2 checks hold" in table
 
@@ -60,7 +62,7 @@ def test_per_class_and_max_thresholds() -> None:
 def test_undefined_metric_fails_the_gate() -> None:
     result = evaluate_gate({**METRICS, "auroc_macro": None}, {"min_auroc_macro": 0.5})
     assert not result.passed
-    assert "n/a" in result.table()
+    assert "n/a" in result.report()
 
 
 @pytest.mark.parametrize(
@@ -76,14 +78,31 @@ def test_bad_gate_params_are_errors(gate: dict, message: str) -> None:
         evaluate_gate(METRICS, gate)
 
 
-def test_gate_failed_exits_non_zero_with_the_table() -> None:
+def test_gate_tables_list_every_check_as_text_and_markdown() -> None:
     result = evaluate_gate(METRICS, {"min_balanced_accuracy": 0.95, "min_accuracy": 0.5})
-    with pytest.raises(SystemExit) as info:
-        raise GateFailed(result)
-    message = str(info.value.code)
-    assert "failed the gate" in message and "unchanged" in message
-    assert "balanced_accuracy" in message and "0.9500" in message and "FAIL" in message
-    assert "accuracy" in message and "0.5000" in message
+    assert str(GateFailed(result)) == "the candidate model failed the gate (1/2 checks hold)"
+    assert result.table(markdown=True) == [
+        "| metric | value | rule | result |",
+        "|---|---:|---|---|",
+        "| balanced_accuracy | 0.8800 | >= 0.95 | **FAIL** |",
+        "| accuracy | 0.9100 | >= 0.5 | ok |",
+    ]
+    assert result.report().splitlines()[1:] == [
+        "balanced_accuracy  0.8800  >= 0.95  FAIL",
+        "accuracy           0.9100  >= 0.5   ok",
+        "gate FAILED: 1/2 checks hold",
+    ]
+
+
+def test_gate_params_name_a_misspelled_setting() -> None:
+    section = {"min_accuracy": 0.8, "verify_images": 16, "verify_tolerance": 1e-4,
+               "model_name": "m", "version": None}  # fmt: skip
+    params = GateParams.from_section(section)
+    assert params.thresholds == {"min_accuracy": 0.8} and params.settings.verify_images == 16
+    with pytest.raises(ConfigError, match=r"params `gate.verfy_images`: unknown key"):
+        GateParams.from_section({**section, "verfy_images": 8})
+    with pytest.raises(ConfigError, match=r"params `gate.model_name`: missing"):
+        GateParams.from_section({k: v for k, v in section.items() if k != "model_name"})
 
 
 def test_versions_bump_only_for_a_new_model() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from ihcflow.data.importers import DataImportError, import_folder, import_npz
 from ihcflow.data.layout import DatasetError, discover
-from ihcflow.imageio import encode_png, read_rgb8
+from ihcflow.images.codec import encode_png, read_rgb8
 
 
 def _png(path: Path, value: int) -> None:

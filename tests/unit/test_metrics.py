@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
 from ihcflow.evaluation import compute_metrics, evaluate_split, roc_points
-from ihcflow.imageio import encode_png
-
-CLASSES = ["DAB", "Hematoxylin", "Mixed"]
+from ihcflow.images.codec import encode_png
+from tests.helpers.data import CLASSES, SIZE, write_colour_dataset
 
 
 def approx(expected: object) -> object:
@@ -118,9 +116,6 @@ def test_roc_points_match_sklearn() -> None:
 
 # --- evaluate_split on generated images with a real scikit-learn model -----------------------
 
-COLOURS = {"DAB": (150, 90, 40), "Hematoxylin": (70, 80, 160), "Mixed": (110, 85, 100)}
-SIZE = 12
-
 
 class MeanColourPredictor:
     """A real classifier: logistic regression on the mean RGB of the image."""
@@ -139,48 +134,10 @@ class MeanColourPredictor:
         return self.model.predict_proba(self._features(images))
 
 
-def _make_image(
-    colour: tuple[int, int, int], rng: np.random.Generator, noise: float, size: int
-) -> np.ndarray:
-    base = np.array(colour, dtype=float) + rng.normal(0, noise, size=3)
-    pixels = base + rng.normal(0, 8, size=(size, size, 3))
-    return np.clip(pixels, 0, 255).astype(np.uint8)
-
-
-def write_dataset(
-    root: Path, per_class: int, noise: float, *, seed: int = 0, size: int = SIZE, val: bool = False
-) -> pd.DataFrame:
-    """processed/images/*.png and processed/split.csv as the split stage writes them: every
-    third image of a class is test; with ``val`` every sixth (from the second) is val."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    (root / "processed/images").mkdir(parents=True)
-    for name, colour in COLOURS.items():
-        for j in range(per_class):
-            image = _make_image(colour, rng, noise, size)
-            key = f"{name}{j:03d}"
-            rel = f"processed/images/{key}.png"
-            (root / rel).write_bytes(encode_png(image))
-            split = "test" if j % 3 == 0 else "val" if val and j % 6 == 1 else "train"
-            rows.append(
-                {
-                    "path": f"{name}/{key}.png",
-                    "sha256": key,
-                    "class": name,
-                    "split": split,
-                    "group": "",
-                    "image": rel,
-                }
-            )
-    frame = pd.DataFrame(rows).sort_values("path").reset_index(drop=True)
-    frame.to_csv(root / "processed/split.csv", index=False)
-    return frame
-
-
 def test_evaluate_split_scores_a_real_model(tmp_path: Path) -> None:
-    from ihcflow.evaluation import load_images
+    from ihcflow.dataset import load_images
 
-    frame = write_dataset(tmp_path, per_class=18, noise=25.0)
+    frame = write_colour_dataset(tmp_path, per_class=18, noise=25.0)
     train = frame[frame["split"] == "train"]
     predictor = MeanColourPredictor(
         CLASSES,
@@ -209,7 +166,7 @@ def test_evaluate_split_scores_a_real_model(tmp_path: Path) -> None:
 
 
 def test_evaluate_split_errors_name_the_problem(tmp_path: Path) -> None:
-    frame = write_dataset(tmp_path, per_class=6, noise=5.0)
+    frame = write_colour_dataset(tmp_path, per_class=6, noise=5.0)
     images = np.zeros((3, SIZE, SIZE, 3), np.uint8)
     images[1] += 100
     images[2] += 200

@@ -10,17 +10,18 @@ import pytest
 from omegaconf import OmegaConf
 from skimage.color import hed2rgb, rgb_from_hed
 
-from ihcflow.imaging.features import stain_concentrations
-from ihcflow.imaging.ops import (
+from ihcflow.config import ConfigError
+from ihcflow.images.features import stain_concentrations
+from ihcflow.images.ops import (
     auto_correct,
     check_rgb,
     denoise,
     estimate_stains_macenko,
     macenko_normalize,
-    preprocess_image,
     reinhard_normalize,
     resize,
 )
+from ihcflow.images.prepare import ImageParams, preprocess_image
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "preprocess" / "default.yaml"
 
@@ -53,8 +54,8 @@ def _hdab(shape: tuple[int, int] = (128, 128), seed: int = 0) -> tuple[np.ndarra
 
 
 @pytest.fixture
-def cfg():
-    cfg = OmegaConf.load(CONF)
+def cfg() -> ImageParams:
+    cfg = ImageParams.from_section(OmegaConf.load(CONF))
     cfg.size = 32
     return cfg
 
@@ -254,9 +255,16 @@ def test_preprocess_image_applies_stain_normalisation(cfg, method) -> None:
     assert out.shape == (32, 32, 3)
 
 
-def test_preprocess_image_names_missing_params() -> None:
-    with pytest.raises(ValueError, match=r"preprocess params lack \['denoise', 'auto_correct'"):
-        preprocess_image(_tissue(), {"size": 32, "interpolation": "area", "stain_norm": {}})
+def test_preprocess_params_name_a_missing_or_misspelled_key() -> None:
+    section = OmegaConf.to_container(OmegaConf.load(CONF))
+    assert isinstance(section, dict)
+    del section["denoise"]
+    with pytest.raises(ConfigError, match=r"params `preprocess.denoise`: missing"):
+        ImageParams.from_section(section)
+    section = OmegaConf.to_container(OmegaConf.load(CONF))
+    section["stain_norm"]["max_gian"] = 3.0  # type: ignore[index]
+    with pytest.raises(ConfigError, match=r"params `preprocess.stain_norm.max_gian`: unknown"):
+        ImageParams.from_section(section)
 
 
 def test_preprocess_image_rejects_unknown_stain_method(cfg) -> None:

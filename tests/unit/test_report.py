@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ihcflow.registry import evaluate_gate
+from ihcflow.registry.gate import evaluate_gate
 from ihcflow.reporting.pr import (
     COMMENT_LIMIT,
     MARKER,
@@ -111,7 +111,7 @@ def test_manifest_changes_count_added_removed_and_rewritten_per_class() -> None:
 
 
 def test_manifest_without_required_columns_is_named_in_the_error() -> None:
-    with pytest.raises(ValueError, match=r"manifest\.csv at abc: manifest lacks column.*sha256"):
+    with pytest.raises(ValueError, match=r"manifest\.csv at abc: missing column.*sha256"):
         parse_manifest("path,class\na/1.png,a\n", "manifest.csv at abc")
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ihcflow.reporting.metrics import format_metrics
-from tests.conftest import run_cmd
+from tests.helpers import run_cmd
 
 METRICS = {
     "accuracy": 0.9,

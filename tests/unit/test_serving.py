@@ -18,82 +18,19 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
 
-from ihcflow.io import sha256_file
+from ihcflow.files import sha256_file
+from ihcflow.prediction_log import PredictionLog, iso_z, read_log
 from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
-from ihcflow.serving.predlog import PredictionLog, iso_z, read_log
 from ihcflow.serving.settings import available_cpus, parse_size
-from tests.conftest import REPO
-
-CLASSES = ["neg", "pos", "mixed"]
-SIZE = 8
-PREPROCESS = {
-    "size": SIZE,
-    "interpolation": "area",
-    "resize_early": True,
-    "denoise": {"method": "none", "ksize": 3, "sigma_color": 40, "sigma_space": 5},
-    "auto_correct": {"enabled": False, "min_brightness": 0.45, "max_brightness": 0.92,
-                     "min_contrast": 0.1, "percentiles": [1, 99], "clahe_clip": 0.0,
-                     "clahe_tiles": 8},
-    "stain_norm": {"method": "none"},
-}  # fmt: skip
-
-
-# --- a registered model without torch ---------------------------------------------------------
-
-
-def mean_colour_onnx(path: Path, k: int = 3, outputs: tuple[str, str] = ("probs", "embedding")):
-    """image (N, 3, S, S) -> embedding = mean RGB (N, 3) -> linear -> softmax probs (N, k)."""
-    weights = np.array([[4.0, -4.0, 0.0], [-4.0, 4.0, 0.0], [0.0, 0.0, 1.0]], np.float32)[:, :k]
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["image"], [outputs[1]], axes=[2, 3], keepdims=0),
-            helper.make_node("Gemm", [outputs[1], "w", "b"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], [outputs[0]], axis=1),
-        ],
-        "mean_colour",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
-        [
-            helper.make_tensor_value_info(outputs[0], TensorProto.FLOAT, ["N", k]),
-            helper.make_tensor_value_info(outputs[1], TensorProto.FLOAT, ["N", 3]),
-        ],
-        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.zeros(k, "f4"), "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def write_model(folder: Path, **changes: Any) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    mean_colour_onnx(folder / "model.onnx")
-    info = {
-        "name": "unit",
-        "version": "2.1.0",
-        "class_names": CLASSES,
-        "input_size": SIZE,
-        "preprocess": PREPROCESS,
-        "metrics": {"balanced_accuracy": 0.9, "per_class": {}},
-        "onnx": {"file": "model.onnx", "sha256": sha256_file(folder / "model.onnx")},
-    }
-    info.update(changes)
-    (folder / "model.json").write_text(json.dumps(info))
-    return folder
-
-
-def png(colour: tuple[int, int, int], size: tuple[int, int] = (20, 30), fmt: str = "PNG") -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, format=fmt)
-    return buf.getvalue()
-
+from tests.helpers import REPO
+from tests.helpers.data import png
+from tests.helpers.models import ONNX_CLASSES as CLASSES
+from tests.helpers.models import ONNX_SIZE as SIZE
+from tests.helpers.models import mean_colour_onnx, write_model
 
 # --- settings ---------------------------------------------------------------------------------
 
@@ -229,7 +166,7 @@ def test_log_file_removed_by_a_clean_up_is_recreated(tmp_path: Path) -> None:
 def test_killed_writer_loses_nothing_it_reported_written(tmp_path: Path) -> None:
     script = (
         "import datetime as dt, sys\n"
-        "from ihcflow.serving.predlog import PredictionLog, iso_z\n"
+        "from ihcflow.prediction_log import PredictionLog, iso_z\n"
         f"log = PredictionLog({str(tmp_path)!r})\n"
         "for i in range(100000):\n"
         "    log.write([{'ts': iso_z(dt.datetime.now(dt.UTC)), 'request_id': str(i),"
@@ -279,7 +216,7 @@ def test_model_folder_problems_are_named(tmp_path: Path) -> None:
     (folder / "model.onnx").write_bytes((folder / "model.onnx").read_bytes() + b"\0")
     with pytest.raises(ModelLoadError, match="does not match model.json"):
         ServedModel.load(folder)
-    with pytest.raises(ModelLoadError, match=r"preprocess params lack \['interpolation'"):
+    with pytest.raises(ModelLoadError, match=r"preprocess.interpolation`: missing"):
         ServedModel.load(write_model(tmp_path / "b", preprocess={"size": SIZE}))
     with pytest.raises(ModelLoadError, match="differs from input_size 16"):
         ServedModel.load(write_model(tmp_path / "c", input_size=16))
@@ -295,10 +232,13 @@ def test_model_folder_problems_are_named(tmp_path: Path) -> None:
 
 
 def test_serving_imports_no_training_stack() -> None:
+    """The server reads the model through ihcflow.model_format: not the registry, the pipeline
+    tables or the training code (nor pandas, which they need)."""
     code = (
         "import sys, ihcflow.serving.app, ihcflow.serving.cli\n"
         "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning', 'dvc', 'hydra',"
-        " 'sklearn', 'skimage', 'evidently', 'matplotlib') if m in sys.modules))"
+        " 'sklearn', 'skimage', 'evidently', 'matplotlib', 'pandas', 'ihcflow.registry',"
+        " 'ihcflow.tables', 'ihcflow.training') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     out = subprocess.run(
@@ -373,13 +313,13 @@ def test_log_images_keeps_the_uploaded_bytes(tmp_path: Path) -> None:
 
 
 def test_unexpected_error_is_a_json_500_without_traceback(tmp_path: Path) -> None:
-    from ihcflow.serving.model import read_model_info
+    from ihcflow.serving.model import read_servable
 
     def broken(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # a model that emits NaN
         return np.full((len(x), 3), np.nan, np.float32), np.zeros((len(x), 3), np.float32)
 
     folder = write_model(tmp_path / "m")
-    model = ServedModel(read_model_info(folder), broken)
+    model = ServedModel(read_servable(folder), broken)
     settings = Settings(model_dir=folder, log_dir=tmp_path / "logs")
     with serve(create_app(settings, model=model)) as client:
         response = client.post("/predict", files=[("files", ("a.png", png((1, 2, 3))))])

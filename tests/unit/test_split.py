@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,49 +15,7 @@ from ihcflow.split import (
     split_dataset,
     stratified_group_split,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _stage():
-    spec = importlib.util.spec_from_file_location("stage_split", ROOT / "stages" / "split.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def make_frame(paths: list[str], given: list[str] | None = None) -> pd.DataFrame:
-    """A manifest joined with features: class = first folder (after the split in layout 2)."""
-    given = given or [""] * len(paths)
-    return pd.DataFrame(
-        {
-            "path": paths,
-            "class": [p.split("/")[1 if g else 0] for p, g in zip(paths, given, strict=True)],
-            "given_split": given,
-            "sha256": [_hash("raw" + p) for p in paths],
-            "processed_sha256": [_hash("png" + p) for p in paths],
-        }
-    )
-
-
-def layout1_paths(per_class: dict[str, int], patients: int | None = None) -> list[str]:
-    rng = np.random.default_rng(7)
-    paths = []
-    for cls, n in per_class.items():
-        for i in range(n):
-            prefix = f"P{rng.integers(patients):03d}_" if patients else ""
-            paths.append(f"{cls}/{prefix}img{i:04d}.png")
-    return sorted(paths)
-
-
-def per_group_split(groups, split) -> pd.Series:
-    return pd.DataFrame({"g": groups, "s": split}).groupby("g")["s"].nunique()
-
+from tests.helpers.data import layout1_paths, split_inputs, splits_per_group
 
 # ----------------------------------------------------------------------------- the algorithm
 
@@ -116,7 +69,7 @@ def test_groups_never_straddle_splits(seed):
     groups = np.repeat([f"patient{i}" for i in range(n_groups)], sizes)
     labels = rng.choice(["Er", "Pr", "Ki-67", "Her2neu"], size=len(groups))
     split = stratified_group_split(labels, groups, val=0.15, test=0.15, seed=seed)
-    assert (per_group_split(groups, split) == 1).all()
+    assert (splits_per_group(groups, split) == 1).all()
     assert set(split) == {"train", "val", "test"}
 
 
@@ -125,7 +78,7 @@ def test_many_groups_spanning_classes_come_close_to_requested_fractions():
     groups = np.repeat(np.arange(200), 6)  # 200 patients, 6 slides each
     labels = rng.choice(["a", "b", "c", "d", "e"], size=len(groups))
     split = stratified_group_split(labels, groups, val=0.15, test=0.15, seed=0)
-    assert (per_group_split(groups, split) == 1).all()
+    assert (splits_per_group(groups, split) == 1).all()
     for cls in "abcde":
         mine = split[labels == cls]
         for name, frac in (("val", 0.15), ("test", 0.15), ("train", 0.7)):
@@ -155,14 +108,14 @@ def test_bad_fractions_are_an_error(val, test):
 
 
 def test_pattern_reads_the_file_name_and_counts_unmatched():
-    frame = make_frame(["P7_x/P001_a.png", "P7_x/P001_b.png", "Er/P002_c.png", "Er/slide.png"])
+    frame = split_inputs(["P7_x/P001_a.png", "P7_x/P001_b.png", "Er/P002_c.png", "Er/slide.png"])
     got = assign_groups(frame, groups_csv=None, pattern=r"^(P\d+)_")
     assert got.groups.tolist() == ["P001", "P001", "P002", "Er/slide.png"]
     assert (got.source, got.n_ungrouped) == ("pattern", 1)
 
 
 def test_no_pattern_makes_every_file_its_own_group():
-    frame = make_frame(["Er/P001_a.png", "Er/P001_b.png"])
+    frame = split_inputs(["Er/P001_a.png", "Er/P001_b.png"])
     got = assign_groups(frame, groups_csv=None, pattern=None)
     assert got.groups.tolist() == frame["path"].tolist()
     assert got.source == "none"
@@ -171,11 +124,11 @@ def test_no_pattern_makes_every_file_its_own_group():
 @pytest.mark.parametrize("pattern", [r"^P\d+_", r"^(P\d+"])
 def test_unusable_pattern_is_an_error(pattern):
     with pytest.raises(SplitError, match="group_pattern"):
-        assign_groups(make_frame(["Er/P001_a.png"]), groups_csv=None, pattern=pattern)
+        assign_groups(split_inputs(["Er/P001_a.png"]), groups_csv=None, pattern=pattern)
 
 
 def test_groups_file_beats_pattern_and_counts_unknown_and_unlisted(tmp_path):
-    frame = make_frame(["Er/P001_a.png", "Er/P001_b.png", "Pr/P002_c.png"])
+    frame = split_inputs(["Er/P001_a.png", "Er/P001_b.png", "Pr/P002_c.png"])
     groups_csv = tmp_path / "groups.csv"
     groups_csv.write_text(
         "path,group\n./Er/P001_a.png,slideA\nEr/P001_a.png,slideA\nPr/P002_c.png,slideA\n"
@@ -190,7 +143,7 @@ def test_groups_file_beats_pattern_and_counts_unknown_and_unlisted(tmp_path):
 
 def test_missing_groups_file_falls_back_to_pattern(tmp_path):
     got = assign_groups(
-        make_frame(["Er/P001_a.png"]), groups_csv=tmp_path / "groups.csv", pattern=r"^(P\d+)_"
+        split_inputs(["Er/P001_a.png"]), groups_csv=tmp_path / "groups.csv", pattern=r"^(P\d+)_"
     )
     assert (got.source, got.groups.tolist()) == ("pattern", ["P001"])
 
@@ -211,7 +164,7 @@ def test_bad_groups_file_is_an_error_naming_it(tmp_path, text, message):
     groups_csv = tmp_path / "groups.csv"
     groups_csv.write_text(text)
     with pytest.raises(SplitError, match=message) as err:
-        assign_groups(make_frame(["Er/a.png", "Er/b.png"]), groups_csv=groups_csv, pattern=None)
+        assign_groups(split_inputs(["Er/a.png", "Er/b.png"]), groups_csv=groups_csv, pattern=None)
     assert str(groups_csv) in str(err.value)
 
 
@@ -224,12 +177,12 @@ def _split_with_pattern(frame, **kw):
 
 
 def test_layout1_split_is_group_aware_and_reported():
-    frame = make_frame(layout1_paths({"Er": 60, "Pr": 60, "Ki-67": 60}, patients=12))
+    frame = split_inputs(layout1_paths({"Er": 60, "Pr": 60, "Ki-67": 60}, patients=12))
     table, report = _split_with_pattern(frame, val=0.15, test=0.15, seed=42)
     assert list(table.columns) == ["path", "sha256", "class", "split", "group", "image"]
     assert table["path"].is_monotonic_increasing
     assert (table["image"] == "processed/images/" + table["sha256"] + ".png").all()
-    assert (per_group_split(table["group"], table["split"]) == 1).all()
+    assert (splits_per_group(table["group"], table["split"]) == 1).all()
     assert report["groups"]["source"] == "pattern" and report["groups"]["n_groups"] == 12
     assert sum(report["totals"].values()) == 180
     assert (
@@ -241,7 +194,7 @@ def test_layout1_split_is_group_aware_and_reported():
 
 
 def test_identical_content_in_different_groups_stays_together():
-    frame = make_frame([f"{c}/img{i:03d}.png" for c in ("a", "b") for i in range(30)])
+    frame = split_inputs([f"{c}/img{i:03d}.png" for c in ("a", "b") for i in range(30)])
     # two blank tiles that become the same PNG, and a byte-identical copy
     frame.loc[[0, 45], "processed_sha256"] = "f" * 64
     frame.loc[[3, 50], "sha256"] = "e" * 64
@@ -262,7 +215,7 @@ def test_layout2_keeps_test_and_carves_val_from_train():
     paths = [f"train/{c}/P{i % 20:03d}_{i:03d}.png" for c in ("a", "b") for i in range(80)]
     paths += [f"test/{c}/Q{i % 5:03d}_{i:03d}.png" for c in ("a", "b") for i in range(15)]
     given = [p.split("/")[0] for p in paths]
-    frame = make_frame(paths, given)
+    frame = split_inputs(paths, given)
     table, report = _split_with_pattern(frame, val=0.2, test=0.5, seed=3)
     by_path = table.set_index("path")["split"]
     test_paths = [p for p in paths if p.startswith("test/")]
@@ -270,7 +223,7 @@ def test_layout2_keeps_test_and_carves_val_from_train():
     train_side = by_path[[p for p in paths if p.startswith("train/")]]
     assert set(train_side) == {"train", "val"}
     assert abs((train_side == "val").mean() - 0.2) <= 0.05  # val is a fraction of given train
-    assert (per_group_split(table["group"], table["split"]) == 1).all()
+    assert (splits_per_group(table["group"], table["split"]) == 1).all()
     assert report["layout"] == 2 and report["fractions"]["val_source"] == "carved from given train"
 
 
@@ -283,7 +236,7 @@ def test_layout2_keeps_a_given_val_set():
         "test/a/5.png",
         "test/b/6.png",
     ]
-    frame = make_frame(paths, [p.split("/")[0] for p in paths])
+    frame = split_inputs(paths, [p.split("/")[0] for p in paths])
     table, report = split_dataset(
         frame, assign_groups(frame, groups_csv=None, pattern=None), val=0.15, test=0.15, seed=0
     )
@@ -292,7 +245,7 @@ def test_layout2_keeps_a_given_val_set():
 
 
 def test_mixed_given_split_is_an_error():
-    frame = make_frame(["train/a/1.png", "test/a/2.png", "a/3.png"], ["train", "test", ""])
+    frame = split_inputs(["train/a/1.png", "test/a/2.png", "a/3.png"], ["train", "test", ""])
     with pytest.raises(SplitError, match="given_split is set for 2 image"):
         split_dataset(
             frame, assign_groups(frame, groups_csv=None, pattern=None), val=0.15, test=0.15, seed=0
@@ -304,7 +257,7 @@ def test_layout2_group_in_train_and_test_is_leakage():
         "test/a/P001_y.png",
         "test/a/P050_z.png",
     ]
-    frame = make_frame(paths, [p.split("/")[0] for p in paths])
+    frame = split_inputs(paths, [p.split("/")[0] for p in paths])
     with pytest.raises(LeakageError, match="group 'P001'") as err:
         _split_with_pattern(frame, val=0.2, test=0.2, seed=0)
     assert "train/a/P001_x.png" in str(err.value) and "test/a/P001_y.png" in str(err.value)
@@ -314,7 +267,7 @@ def test_layout2_group_in_train_and_test_is_leakage():
 
 
 def _splitted(splits: list[str]) -> pd.DataFrame:
-    frame = make_frame([f"a/{i}.png" for i in range(len(splits))])
+    frame = split_inputs([f"a/{i}.png" for i in range(len(splits))])
     return frame.assign(split=splits, group=frame["path"])
 
 
@@ -332,90 +285,3 @@ def test_identical_content_within_one_split_is_fine():
     frame = _splitted(["train", "train", "val", "test"])
     frame.loc[[0, 1], ["sha256", "processed_sha256"]] = "c" * 64
     assert check_leakage(frame)["ok"] is True
-
-
-# ----------------------------------------------------------------------------- the stage
-
-
-def _write_stage_inputs(root: Path, paths: list[str], given: list[str] | None = None) -> None:
-    frame = make_frame(paths, given)
-    manifest = frame.drop(columns="processed_sha256").assign(width=64, height=64, notes="")
-    features = frame.assign(brightness=0.5, corrected=0)
-    (root / "processed").mkdir()
-    (root / "reports" / "data").mkdir(parents=True)
-    (root / "data").mkdir()
-    manifest.to_csv(root / "processed" / "manifest.csv", index=False)
-    features.to_csv(root / "reports" / "data" / "features.csv", index=False)
-    (root / "params.yaml").write_text(
-        "seed: 42\nsplit:\n  val: 0.15\n  test: 0.15\n  group_pattern: '^(P\\d+)_'\n"
-        "  groups_file: groups.csv\n"
-    )
-
-
-def test_stage_writes_split_and_report(tmp_path, monkeypatch, capsys):
-    _write_stage_inputs(tmp_path, layout1_paths({"Er": 30, "Pr": 30, "Histology": 30}, 10))
-    monkeypatch.chdir(tmp_path)
-    _stage().main([])
-    table = pd.read_csv(tmp_path / "processed" / "split.csv", keep_default_na=False)
-    report = json.loads((tmp_path / "reports" / "data" / "split.json").read_text())
-    assert len(table) == 90 and set(table["split"]) == {"train", "val", "test"}
-    assert (per_group_split(table["group"], table["split"]) == 1).all()
-    assert report["groups"]["pattern"] == r"^(P\d+)_" and report["seed"] == 42
-    assert report["totals"] == table["split"].value_counts().to_dict()
-    printed = capsys.readouterr().out
-    assert "Histology" in printed and "train" in printed
-
-
-def test_stage_uses_groups_file(tmp_path, monkeypatch):
-    paths = [f"{c}/img{i:02d}.png" for c in ("a", "b") for i in range(20)]
-    _write_stage_inputs(tmp_path, paths)
-    rows = [f"{p},patient{i % 4}" for i, p in enumerate(paths)]
-    (tmp_path / "data" / "groups.csv").write_text("path,group\n" + "\n".join(rows) + "\n")
-    monkeypatch.chdir(tmp_path)
-    _stage().main([])
-    table = pd.read_csv(tmp_path / "processed" / "split.csv")
-    report = json.loads((tmp_path / "reports" / "data" / "split.json").read_text())
-    assert report["groups"]["source"] == "file" and report["groups"]["n_groups"] == 4
-    assert (per_group_split(table["group"], table["split"]) == 1).all()
-
-
-def test_stage_fails_cleanly_on_leakage(tmp_path, monkeypatch):
-    paths = [f"train/a/{i}.png" for i in range(6)] + [f"test/a/{i}.png" for i in range(2)]
-    _write_stage_inputs(tmp_path, paths, [p.split("/")[0] for p in paths])
-    features = tmp_path / "reports" / "data" / "features.csv"
-    table = pd.read_csv(features)
-    table.loc[table["path"].isin(["train/a/0.png", "test/a/1.png"]), "processed_sha256"] = "d" * 64
-    table.to_csv(features, index=False)
-    (tmp_path / "processed" / "split.csv").write_text("stale\n")
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        _stage().main([])
-    message = str(exc.value.code)
-    assert message.startswith("split: leakage")
-    assert "train/a/0.png" in message and "test/a/1.png" in message
-    assert not (tmp_path / "processed" / "split.csv").exists()
-
-
-def test_stage_rejects_stale_features(tmp_path, monkeypatch):
-    _write_stage_inputs(tmp_path, ["a/1.png", "a/2.png", "b/3.png"])
-    features = tmp_path / "reports" / "data" / "features.csv"
-    table = pd.read_csv(features)
-    table.iloc[:2].to_csv(features, index=False)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=r"features.csv: lacks 1 image\(s\).*b/3.png"):
-        _stage().main([])
-
-
-def test_stage_names_a_missing_or_unreadable_input(tmp_path, monkeypatch):
-    _write_stage_inputs(tmp_path, ["a/1.png", "a/2.png", "b/3.png"])
-    features = tmp_path / "reports" / "data" / "features.csv"
-    monkeypatch.chdir(tmp_path)
-    pd.read_csv(features).drop(columns=["processed_sha256"]).to_csv(features, index=False)
-    with pytest.raises(SystemExit, match=r"features.csv: missing column\(s\) \['processed_sha"):
-        _stage().main([])
-    features.write_bytes(b"")
-    with pytest.raises(SystemExit, match=r"features.csv: cannot read as CSV"):
-        _stage().main([])
-    features.unlink()
-    with pytest.raises(SystemExit, match=r"features.csv: not found \(run the validate and"):
-        _stage().main([])

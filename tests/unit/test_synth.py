@@ -13,7 +13,7 @@ from skimage.color import hed_from_rgb
 
 from ihcflow.data.layout import discover
 from ihcflow.data.synth import DEFAULT_CLASSES, generate
-from ihcflow.imageio import read_rgb8
+from ihcflow.images.codec import read_rgb8
 
 NAME = re.compile(r"^P(\d{3})_(\d{4})\.png$")
 

@@ -8,8 +8,17 @@ import pandas as pd
 import pytest
 import torch
 
-from ihcflow.training.augment import Augment, RandColorJitter, RandFlipRot90, RandStainJitter
-from ihcflow.training.datamodule import DataError, EpochSampler, read_split
+from ihcflow.config import ConfigError, typed
+from ihcflow.training import TrainError
+from ihcflow.training.augment import (
+    Augment,
+    AugmentParams,
+    RandColorJitter,
+    RandFlipRot90,
+    RandStainJitter,
+)
+from ihcflow.training.datamodule import EpochSampler, read_training_split
+from tests.helpers import conf_section
 
 
 def _batch(n: int = 16, size: int = 8) -> torch.Tensor:
@@ -29,8 +38,11 @@ def test_flips_and_rotations_only_move_pixels() -> None:
 
 def test_augmentation_is_reproducible_from_the_generator() -> None:
     aug = Augment(
-        {"hflip": 0.5, "vflip": 0.5, "rot90": True, "stain_sigma": 0.05, "brightness": 0.1}
-    )
+        AugmentParams(
+            hflip=0.5, vflip=0.5, rot90=True, stain_sigma=0.05, stain_bias=0.0,
+            brightness=0.1, contrast=0.0, saturation=0.0,
+        )
+    )  # fmt: skip
     x = _batch()
     a = aug(x, torch.Generator().manual_seed(7))
     b = aug(x, torch.Generator().manual_seed(7))
@@ -54,8 +66,9 @@ def test_colour_jitter_keeps_range() -> None:
 
 
 def test_augment_rejects_unknown_keys_and_bad_values() -> None:
-    with pytest.raises(ValueError, match="unknown key"):
-        Augment({"hflp": 0.5})
+    augment = {**conf_section("train")["augment"], "hflp": 0.5}
+    with pytest.raises(ConfigError, match=r"params `train.augment.hflp`: unknown key"):
+        typed(augment, AugmentParams, "train.augment")
     with pytest.raises(ValueError, match="hflip probability is 1.5"):
         RandFlipRot90(hflip=1.5)
     with pytest.raises(ValueError, match=r"expected a batch \(N, C, H, W\)"):
@@ -102,21 +115,21 @@ def _row(cls: str, split: str, i: int) -> dict:
 
 def test_read_split_sorted_classes_and_errors(tmp_path: Path) -> None:
     rows = [_row("b", "train", 1), _row("a", "train", 2), _row("a", "val", 3), _row("c", "test", 4)]
-    with pytest.raises(DataError, match=r"class\(es\) \['c'\] have no training images"):
-        read_split(_write_split(tmp_path / "s.csv", rows))
+    with pytest.raises(TrainError, match=r"class\(es\) \['c'\] have no training images"):
+        read_training_split(_write_split(tmp_path / "s.csv", rows))
     rows[-1] = _row("b", "test", 4)
-    frame, classes = read_split(_write_split(tmp_path / "s.csv", rows))
+    frame, classes = read_training_split(_write_split(tmp_path / "s.csv", rows))
     assert classes == ["a", "b"] and len(frame) == 4
     no_val = [r for r in rows if r["split"] != "val"]
-    with pytest.raises(DataError, match="no 'val' rows"):
-        read_split(_write_split(tmp_path / "s.csv", no_val))
+    with pytest.raises(TrainError, match="no 'val' rows"):
+        read_training_split(_write_split(tmp_path / "s.csv", no_val))
     bad = tmp_path / "bad.csv"
     pd.DataFrame(rows).drop(columns=["image"]).to_csv(bad, index=False)
-    with pytest.raises(DataError, match=r"bad.csv: missing column\(s\) \['image'\]"):
-        read_split(bad)
-    with pytest.raises(DataError, match="split table not found"):
-        read_split(tmp_path / "absent.csv")
+    with pytest.raises(TrainError, match=r"bad.csv: missing column\(s\) \['image'\]"):
+        read_training_split(bad)
+    with pytest.raises(TrainError, match="split table not found"):
+        read_training_split(tmp_path / "absent.csv")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(DataError, match=r"empty.csv: cannot read as CSV"):
-        read_split(empty)
+    with pytest.raises(TrainError, match=r"empty.csv: cannot read as CSV"):
+        read_training_split(empty)

@@ -15,8 +15,8 @@ from PIL import Image
 
 from ihcflow import validation
 from ihcflow.data.layout import DatasetError
+from ihcflow.tables import MANIFEST
 from ihcflow.validation import (
-    MANIFEST_COLUMNS,
     ValidationFailed,
     check_file,
     summarize,
@@ -132,7 +132,7 @@ def test_rejection_details_say_what_is_wrong(corpus: Path) -> None:
 def test_manifest_lists_exactly_the_accepted_files(corpus: Path) -> None:
     result = validate_dataset(corpus, workers=1)
     manifest = result.manifest
-    assert list(manifest.columns) == MANIFEST_COLUMNS
+    assert list(manifest.columns) == list(MANIFEST.columns)
     assert list(manifest["path"]) == sorted([*GOOD, *CONVERTED])
     assert manifest["path"].is_monotonic_increasing
     for row in manifest.to_dict("records"):

@@ -21,9 +21,9 @@ from ihcflow.cli import build_parser
 from ihcflow.monitoring.cli import add_arguments as add_drift_arguments
 from ihcflow.monitoring.simulate import log_record
 from ihcflow.monitoring.sources import read_logs
+from ihcflow.prediction_log import PredictionLog
 from ihcflow.reporting.pr import MARKER
-from ihcflow.serving.predlog import PredictionLog
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 WORKFLOWS = REPO / ".github" / "workflows"
 ACTIONS = REPO / ".github" / "actions"

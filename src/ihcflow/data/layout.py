@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-GIVEN_SPLITS = ("train", "val", "test")
+from ihcflow.errors import PipelineError
+from ihcflow.tables import SPLITS as GIVEN_SPLITS  # the folders are named like the splits
 
 
-class DatasetError(ValueError):
+class DatasetError(PipelineError):
     """The data set as a whole cannot be used (not a single bad file: those are reported)."""
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ihcflow.io import sha256_file, write_text_atomic
+from ihcflow.files import sha256_file, write_text_atomic
 
 if TYPE_CHECKING:
     from ihcflow.data.importers import ImportSummary

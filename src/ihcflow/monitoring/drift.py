@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ihcflow.imaging.features import FEATURE_COLUMNS
+from ihcflow.images.features import FEATURE_COLUMNS
 from ihcflow.monitoring.sources import DriftInputError, Table, finite
 
 PREDICTED = "predicted"
@@ -339,101 +339,172 @@ def _compare(reference: Table, current: Table, params: DriftParams, html: bool) 
             f"{reference.source}: only {len(reference)} reference rows (< min_rows "
             f"{params.min_rows}): too few to tell drift from chance"
         )
+    plan = _plan(reference, current, params, result)
+    if not html:
+        _run_tests(plan, params, result)
+    elif plan.names or plan.embeddings:
+        _run_report(plan, params, result)
+    drifted = result.share is not None and result.share >= params.drift_share
+    if drifted or (result.embedding is not None and result.embedding.drifted):
+        result.status = "drift"
+    return result
+
+
+@dataclass
+class _Plan:
+    """What one comparison tests: the columns (with their method and threshold) and, when
+    both sides have comparable embeddings, their principal components."""
+
+    tested: list[tuple[str, str]]
+    methods: dict[str, str]
+    thresholds: dict[str, float]
+    ref_frame: pd.DataFrame
+    cur_frame: pd.DataFrame
+    ref_emb: np.ndarray | None = None
+    ref_z: pd.DataFrame | None = None
+    cur_z: pd.DataFrame | None = None
+    components: int | None = None
+    emb_threshold: float = 0.0
+
+    @property
+    def names(self) -> list[str]:
+        return [c for c, _ in self.tested]
+
+    @property
+    def embeddings(self) -> bool:
+        return self.ref_z is not None
+
+
+def _plan(reference: Table, current: Table, params: DriftParams, result: Comparison) -> _Plan:
     tested, result.skipped = _tested_columns(reference, current, params)
     num_method, cat_method = column_methods(len(reference), len(current), params)
-    methods = {c: num_method if k == NUMERICAL else cat_method for c, k in tested}
     num_threshold, cat_threshold = column_thresholds(len(reference), len(current), params)
-    thresholds = {
-        c: t
-        for c, k in tested
-        if (t := num_threshold if k == NUMERICAL else cat_threshold) is not None
-    }
-    ref_emb, cur_emb, result.embedding_note = reference.embeddings, current.embeddings, ""
+    names = [c for c, _ in tested]
+    plan = _Plan(
+        tested,
+        {c: num_method if k == NUMERICAL else cat_method for c, k in tested},
+        {
+            c: t
+            for c, k in tested
+            if (t := num_threshold if k == NUMERICAL else cat_threshold) is not None
+        },
+        reference.frame[names].reset_index(drop=True),
+        current.frame[names].reset_index(drop=True),
+    )
+    ref_emb, cur_emb, result.embedding_note = _comparable_embeddings(reference, current)
+    if ref_emb is not None and cur_emb is not None:
+        plan.ref_emb = ref_emb
+        plan.ref_z, plan.cur_z, plan.components = _embedding_frames(ref_emb, cur_emb, params)
+        plan.emb_threshold = embedding_threshold(len(reference), len(current), params)
+    return plan
+
+
+def _comparable_embeddings(
+    reference: Table, current: Table
+) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Both sides' embeddings, or (None, None, why they are not compared)."""
+    ref_emb, cur_emb = reference.embeddings, current.embeddings
     if ref_emb is None or cur_emb is None:
         lacking = []
         if ref_emb is None:
             lacking.append("the reference (needs the model or a reference embeddings file)")
         if cur_emb is None:
             lacking.append(f"the current {current.kind}")
-        result.embedding_note = f"embeddings not compared: none for {' and '.join(lacking)}"
-        ref_emb = cur_emb = None
-    elif ref_emb.shape[1] != cur_emb.shape[1]:
-        result.embedding_note = (
-            f"embeddings not compared: reference has {ref_emb.shape[1]} dimensions, current "
-            f"{cur_emb.shape[1]} (another model?)"
+        return None, None, f"embeddings not compared: none for {' and '.join(lacking)}"
+    if ref_emb.shape[1] != cur_emb.shape[1]:
+        return (
+            None,
+            None,
+            (
+                f"embeddings not compared: reference has {ref_emb.shape[1]} dimensions, current "
+                f"{cur_emb.shape[1]} (another model?)"
+            ),
         )
-        ref_emb = cur_emb = None
+    return ref_emb, cur_emb, ""
 
+
+def _run_tests(plan: _Plan, params: DriftParams, result: Comparison) -> None:
+    """The column tests and the embedding test, without the HTML report (windows)."""
+    _evidently()  # imported quietly
+    if plan.embeddings:
+        assert plan.ref_z is not None and plan.cur_z is not None and plan.ref_emb is not None
+        method = _drift_method(plan.emb_threshold)
+        with _computing():
+            score, _, _ = method(plan.cur_z.copy(), plan.ref_z.copy())
+        result.embedding = _embedding_result(
+            score, plan.emb_threshold, plan.ref_emb, plan.components
+        )
+    with _computing():
+        result.columns = _column_tests(
+            plan.ref_frame, plan.cur_frame, plan.tested, plan.methods, plan.thresholds
+        )
+    result.n_drifted = sum(c.drifted for c in result.columns)
+    result.share = result.n_drifted / len(plan.tested) if plan.tested else 0.0
+
+
+def _run_report(plan: _Plan, params: DriftParams, result: Comparison) -> None:
+    """Evidently's DataDriftPreset (and EmbeddingsDrift, with its t-SNE plot when there are
+    enough rows) as one report: the snapshot is kept for drift.html."""
     evidently = _evidently()
     from evidently.metrics import EmbeddingsDrift
     from evidently.presets import DataDriftPreset
 
-    names = [c for c, _ in tested]
-    ref_frame = reference.frame[names].reset_index(drop=True)
-    cur_frame = current.frame[names].reset_index(drop=True)
+    ref_frame, cur_frame = plan.ref_frame, plan.cur_frame
     embeddings: dict[str, list[str]] | None = None
-    emb_threshold, components, in_report = 0.0, None, False
-    if ref_emb is not None and cur_emb is not None:
-        ref_z, cur_z, components = _embedding_frames(ref_emb, cur_emb, params)
-        emb_threshold = embedding_threshold(len(reference), len(current), params)
-        plot_rows = min(len(ref_z), params.embedding_plot_sample) + min(
-            len(cur_z), params.embedding_plot_sample
+    in_report = False
+    if plan.embeddings:
+        assert plan.ref_z is not None and plan.cur_z is not None and plan.ref_emb is not None
+        plot_rows = min(len(plan.ref_z), params.embedding_plot_sample) + min(
+            len(plan.cur_z), params.embedding_plot_sample
         )
-        in_report = html and plot_rows > 100  # t-SNE needs rows well above its perplexity (30)
+        in_report = plot_rows > 100  # t-SNE needs rows well above its perplexity (30)
         if in_report:
-            ref_frame = pd.concat([ref_frame, ref_z], axis=1)
-            cur_frame = pd.concat([cur_frame, cur_z], axis=1)
-            embeddings = {EMBEDDING: list(ref_z.columns)}
+            ref_frame = pd.concat([ref_frame, plan.ref_z], axis=1)
+            cur_frame = pd.concat([cur_frame, plan.cur_z], axis=1)
+            embeddings = {EMBEDDING: list(plan.ref_z.columns)}
         else:
-            method = _drift_method(emb_threshold)
+            method = _drift_method(plan.emb_threshold)
             with _computing():
-                score, _, _ = method(cur_z.copy(), ref_z.copy())
-            result.embedding = _embedding_result(score, emb_threshold, ref_emb, components)
-
+                score, _, _ = method(plan.cur_z.copy(), plan.ref_z.copy())
+            result.embedding = _embedding_result(
+                score, plan.emb_threshold, plan.ref_emb, plan.components
+            )
     definition = evidently.DataDefinition(
-        numerical_columns=[c for c, k in tested if k == NUMERICAL],
-        categorical_columns=[c for c, k in tested if k == CATEGORICAL],
+        numerical_columns=[c for c, k in plan.tested if k == NUMERICAL],
+        categorical_columns=[c for c, k in plan.tested if k == CATEGORICAL],
         datetime_columns=[],
         text_columns=[],
         unknown_columns=[],
         list_columns=[],
         embeddings=embeddings,
     )
-    if not html:
-        with _computing():
-            result.columns = _column_tests(ref_frame, cur_frame, tested, methods, thresholds)
-        result.n_drifted = sum(c.drifted for c in result.columns)
-        result.share = result.n_drifted / len(tested) if tested else 0.0
-    elif names or embeddings:
-        metrics: list[Any] = []
-        if names:
-            metrics.append(
-                DataDriftPreset(
-                    columns=names,
-                    drift_share=params.drift_share,
-                    per_column_method=methods,
-                    per_column_threshold=thresholds or None,
-                )
+    metrics: list[Any] = []
+    if plan.names:
+        metrics.append(
+            DataDriftPreset(
+                columns=plan.names,
+                drift_share=params.drift_share,
+                per_column_method=plan.methods,
+                per_column_threshold=plan.thresholds or None,
             )
-        if embeddings:
-            drift_method = _drift_method(emb_threshold)
-            metrics.append(EmbeddingsDrift(embeddings_name=EMBEDDING, drift_method=drift_method))
-        with _computing(), _plot_sample(params.embedding_plot_sample):
-            snapshot = evidently.Report(metrics, include_tests=True).run(
-                evidently.Dataset.from_pandas(cur_frame, data_definition=definition),
-                evidently.Dataset.from_pandas(ref_frame, data_definition=definition),
-            )
-        report = snapshot.dict()
-        _read_snapshot(report, result, tested, methods, thresholds)
-        if in_report:
-            assert ref_emb is not None
-            score = _embedding_score(report)
-            result.embedding = _embedding_result(score, emb_threshold, ref_emb, components)
-        result.snapshot = snapshot
-    drifted = result.share is not None and result.share >= params.drift_share
-    if drifted or (result.embedding is not None and result.embedding.drifted):
-        result.status = "drift"
-    return result
+        )
+    if embeddings:
+        drift_method = _drift_method(plan.emb_threshold)
+        metrics.append(EmbeddingsDrift(embeddings_name=EMBEDDING, drift_method=drift_method))
+    with _computing(), _plot_sample(params.embedding_plot_sample):
+        snapshot = evidently.Report(metrics, include_tests=True).run(
+            evidently.Dataset.from_pandas(cur_frame, data_definition=definition),
+            evidently.Dataset.from_pandas(ref_frame, data_definition=definition),
+        )
+    report = snapshot.dict()
+    _read_snapshot(report, result, plan.tested, plan.methods, plan.thresholds)
+    if in_report:
+        assert plan.ref_emb is not None
+        score = _embedding_score(report)
+        result.embedding = _embedding_result(
+            score, plan.emb_threshold, plan.ref_emb, plan.components
+        )
+    result.snapshot = snapshot
 
 
 def _column_tests(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ihcflow.io import atomic_dir
+from ihcflow.files import atomic_dir
 from ihcflow.monitoring.drift import Comparison, DriftParams, Window, compare, compare_windows
 from ihcflow.monitoring.sources import Table
 

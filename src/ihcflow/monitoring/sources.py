@@ -4,19 +4,15 @@ Reference: the training split's rows of ``reports/data/features.csv`` (features 
 decoded images before correction); with a registered model, also its embedding and predicted
 class for every training image (``processed/images``), cached per model and image list.
 
-Current: the server's prediction logs (``<log_dir>/predictions-YYYY-MM-DD.jsonl``, or
-``<log_dir>/<pod>/predictions-YYYY-MM-DD.jsonl`` with one folder per server pod as deploy/k8s
-writes them; one JSON object per predicted image: ``ts``, ``model_name``, ``model_version``,
-``predicted``, ``features``, optionally ``embedding``), or a folder of images measured the same
-way (and, with a model, prepared exactly as the server does and predicted). Unusable lines,
-rows with missing feature values, rows of another model version and unreadable images are left
-out and counted; what is left out is reported, never silently dropped.
+Current: the server's prediction logs (:mod:`ihcflow.prediction_log`, read one day file per
+UTC day, in the log folder and one level down), or a folder of images measured the same way
+(and, with a model, prepared exactly as the server does and predicted). Unusable lines, rows
+with missing feature values, rows of another model version and unreadable images are left out
+and counted; what is left out is reported, never silently dropped.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
 import re
 from collections import Counter
@@ -28,20 +24,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ihcflow.imageio import IMAGE_SUFFIXES, ImageError, decode_rgb8, read_rgb8
-from ihcflow.imaging.features import FEATURE_COLUMNS, image_features
-from ihcflow.io import atomic_path, sha256_bytes, sha256_file
+from ihcflow.config import ConfigError
+from ihcflow.dataset import load_images, read_split, split_rows
+from ihcflow.errors import PipelineError
+from ihcflow.files import atomic_path, sha256_bytes, sha256_file
+from ihcflow.images.codec import IMAGE_SUFFIXES, decode_rgb8
+from ihcflow.images.features import FEATURE_COLUMNS, image_features
+from ihcflow.images.prepare import ImageParams, check_params, prepare_image
+from ihcflow.model_format import OnnxModel, model_files, read_model_info
+from ihcflow.prediction_log import LOG_GLOB, log_file_day, log_files, read_records
+from ihcflow.tables import FEATURES, read_table
 
-LOG_GLOB = "predictions-*.jsonl"
-# in the log folder itself (one server), and one level down (one sub-folder per pod: deploy/k8s)
-LOG_GLOBS = (LOG_GLOB, f"*/{LOG_GLOB}")
-_LOG_DATE = re.compile(r"^predictions-(\d{4}-\d{2}-\d{2})\.jsonl$")
-LOG_REQUIRED = ("ts", "model_version", "predicted", "features")
 MAX_EXAMPLES = 10  # problems listed by name in the report; the rest are only counted
 BATCH = 64  # images per ONNX call
 
 
-class DriftInputError(ValueError):
+class DriftInputError(PipelineError):
     """Input that cannot be compared; the message names the file and what is wrong."""
 
 
@@ -89,28 +87,14 @@ class Model:
     input_size: int
     preprocess: dict[str, Any]
     sha256: str
-    _session: Any = None
+    _onnx: OnnxModel | None = None
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, 3) uint8 RGB -> (probs (N, K), embedding (N, D)), in batches."""
-        from ihcflow.registry import INPUT_NAME, OUTPUT_NAMES, onnx_input
-
-        if self._session is None:
-            import onnxruntime as ort
-
-            self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-            outputs = [o.name for o in self._session.get_outputs()]
-            missing = [n for n in OUTPUT_NAMES if n not in outputs]
-            if missing:
-                raise DriftInputError(f"{self.path}: missing output(s) {missing} (has {outputs})")
-        probs, embs = [], []
-        for start in range(0, len(images), BATCH):
-            p, e = self._session.run(
-                list(OUTPUT_NAMES), {INPUT_NAME: onnx_input(images[start : start + BATCH])}
-            )
-            probs.append(p)
-            embs.append(e)
-        return np.concatenate(probs), np.concatenate(embs).astype(np.float32)
+        if self._onnx is None:
+            self._onnx = OnnxModel(self.path)
+        probs, embedding = self._onnx.predict(images, batch=BATCH)
+        return probs, embedding.astype(np.float32)
 
     def predicted(self, probs: np.ndarray) -> list[str]:
         return [self.class_names[i] for i in np.argmax(probs, axis=1)]
@@ -118,47 +102,20 @@ class Model:
 
 def load_model(path: str | Path) -> Model:
     """``model.onnx`` (or the folder holding it) and the ``model.json`` written beside it."""
-    path = Path(path)
-    onnx_path = path / "model.onnx" if path.is_dir() else path
-    meta_path = onnx_path.with_name("model.json")
-    if not onnx_path.is_file():
-        raise DriftInputError(f"{onnx_path}: model file not found (run the register stage)")
-    if not meta_path.is_file():
-        raise DriftInputError(f"{meta_path}: not found beside {onnx_path.name}")
-    try:
-        info = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DriftInputError(f"{meta_path}: cannot read model.json: {exc}") from None
-    missing = [k for k in ("name", "version", "class_names", "input_size") if k not in info]
-    if missing:
-        raise DriftInputError(f"{meta_path}: lacks {missing}: not written by the register stage?")
-    digest = sha256_file(onnx_path)
-    expected = (info.get("onnx") or {}).get("sha256")
-    if expected and expected != digest:
-        raise DriftInputError(
-            f"{onnx_path}: sha256 {digest[:12]}... does not match model.json ({expected[:12]}...)"
-        )
+    onnx_path, _ = model_files(path)
+    info = read_model_info(path)
     return Model(
         onnx_path,
         str(info["name"]),
         str(info["version"]),
         [str(c) for c in info["class_names"]],
         int(info["input_size"]),
-        dict(info.get("preprocess") or {}),
-        digest,
+        dict(info["preprocess"]),
+        sha256_file(onnx_path),
     )
 
 
 # ------------------------------------------------------------------------------ the reference
-
-
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise DriftInputError(f"{path}: {what} not found")
-    try:
-        return pd.read_csv(path, keep_default_na=False, dtype={"sha256": str, "path": str})
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DriftInputError(f"{path}: cannot read {what}: {exc}") from None
 
 
 def numeric_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
@@ -190,23 +147,21 @@ def load_reference(
     ``embedding``), else computed with ``model`` (cached in ``cache_dir``), else none.
     """
     features_csv = Path(features_csv)
-    table = _read_csv(features_csv, "reference feature table")
+    table = read_table(
+        features_csv,
+        FEATURES,
+        columns=(),
+        error=DriftInputError,
+        absent="reference feature table not found",
+    )
     source = str(features_csv)
     notes: list[str] = []
     if split_csv is not None:
         split_csv = Path(split_csv)
-        splits = _read_csv(split_csv, "split table")
-        need = [c for c in ("path", "split", "image") if c not in splits.columns]
-        if need or "path" not in table.columns:
-            raise DriftInputError(
-                f"{split_csv if need else features_csv}: lacks column(s) {need or ['path']}"
-            )
-        chosen = splits[splits["split"] == split]
-        if chosen.empty:
-            raise DriftInputError(
-                f"{split_csv}: no rows with split == {split!r} (splits: "
-                f"{sorted(splits['split'].unique())})"
-            )
+        splits = read_split(split_csv, columns=("path", "split", "image"), error=DriftInputError)
+        if "path" not in table.columns:
+            raise DriftInputError(f"{features_csv}: lacks column(s) ['path']")
+        chosen = split_rows(splits, split, split_csv, error=DriftInputError)
         table = chosen[["path", "image"]].merge(
             table.drop(columns=["image"], errors="ignore"), on="path", how="left", indicator=True
         )
@@ -296,21 +251,8 @@ def _model_outputs(
                 return np.asarray(data["embedding"]), [str(p) for p in data["predicted"]]
         except (OSError, KeyError, ValueError):
             pass  # unreadable cache entry: recompute and overwrite it
-    batch = []
-    for rel in images:
-        path = root / rel
-        try:
-            rgb, _ = read_rgb8(path, strict=False)
-        except (OSError, ImageError) as exc:
-            raise DriftInputError(f"{path}: cannot read preprocessed image: {exc}") from None
-        if rgb.shape[:2] != (model.input_size, model.input_size):
-            raise DriftInputError(
-                f"{path}: {rgb.shape[1]}x{rgb.shape[0]} px but model {model.version} expects "
-                f"{model.input_size} px: processed/images and the model are from different "
-                "runs (`dvc repro`)"
-            )
-        batch.append(rgb)
-    probs, emb = model.run(np.stack(batch))
+    batch = load_images(images, root, model.input_size, error=DriftInputError)
+    probs, emb = model.run(batch)
     predicted = model.predicted(probs)
     if cache is not None:
         with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
@@ -319,26 +261,6 @@ def _model_outputs(
 
 
 # ---------------------------------------------------------------------------- prediction logs
-
-
-def log_files(path: str | Path) -> list[Path]:
-    """The log files under ``path``: one ``.jsonl``, or the ``predictions-*.jsonl`` of a folder
-    and of its sub-folders (``<pod>/predictions-*.jsonl``, one level down)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    return sorted(p for pattern in LOG_GLOBS for p in path.glob(pattern) if p.is_file())
-
-
-def log_file_day(path: str | Path) -> dt.date | None:
-    """The UTC day a log file holds, from its name (``predictions-YYYY-MM-DD.jsonl``)."""
-    match = _LOG_DATE.match(Path(path).name)
-    if not match:
-        return None
-    try:
-        return dt.date.fromisoformat(match.group(1))
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -356,57 +278,31 @@ def _parse_lines(files: Sequence[Path], columns: Sequence[str]) -> tuple[_Parsed
     out = _Parsed()
     bad: Counter[str] = Counter()
     problems: list[str] = []
-
-    def reject(where: str, reason: str) -> None:
-        bad[reason] += 1
-        if len(problems) < MAX_EXAMPLES:
-            problems.append(f"{where}: {reason}")
-
-    for path in files:
-        try:
-            fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
-        except OSError as exc:
-            reject(str(path), f"unreadable file ({exc.strerror})")
+    for where, rec, reason in read_records(files):
+        if rec is None:
+            bad[reason] += 1
+            if len(problems) < MAX_EXAMPLES:
+                problems.append(f"{where}: {reason}")
             continue
-        with fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    reject(where, "not valid JSON (a truncated line?)")
-                    continue
-                if not isinstance(rec, dict):
-                    reject(where, "not a JSON object")
-                    continue
-                lacking = [k for k in LOG_REQUIRED if rec.get(k) is None]
-                if lacking:
-                    reject(where, f"lacks {', '.join(lacking)}")
-                    continue
-                feats = rec["features"]
-                if not isinstance(feats, dict):
-                    reject(where, "features is not an object")
-                    continue
-                emb = rec.get("embedding")
-                if isinstance(emb, list) and emb:
-                    try:
-                        emb = np.asarray(emb, dtype=np.float32)
-                    except (TypeError, ValueError):
-                        emb = None
-                    if emb is not None and emb.ndim != 1:
-                        emb = None
-                else:
-                    emb = None
-                out.ts.append(str(rec["ts"]))
-                out.name.append(str(rec.get("model_name", "")))
-                out.version.append(str(rec["model_version"]))
-                out.predicted.append(str(rec["predicted"]))
-                out.features.append([feats.get(c) for c in columns])
-                out.embedding.append(emb)
-                out.where.append(where)
+        out.ts.append(str(rec["ts"]))
+        out.name.append(str(rec.get("model_name", "")))
+        out.version.append(str(rec["model_version"]))
+        out.predicted.append(str(rec["predicted"]))
+        out.features.append([rec["features"].get(c) for c in columns])
+        out.embedding.append(_embedding(rec.get("embedding")))
+        out.where.append(where)
     return out, bad, problems
+
+
+def _embedding(value: Any) -> np.ndarray | None:
+    """A record's ``embedding`` as a float32 vector; None when absent or not a flat list."""
+    if not isinstance(value, list) or not value:
+        return None
+    try:
+        emb = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    return emb if emb.ndim == 1 else None
 
 
 def parse_time(text: str, what: str) -> pd.Timestamp:
@@ -447,6 +343,42 @@ def read_logs(
     or non-finite features are excluded and counted.
     """
     path = Path(path)
+    files, counts = _log_files_in_range(path, since, until)
+    parsed, bad, problems = _parse_lines(files, features)
+    frame, bad_ts = _records_frame(parsed, features, problems)
+    counts["bad_lines"] = sum(bad.values()) + int(bad_ts.sum())
+    keep = _in_time_range(frame["ts"], ~bad_ts, since, until, counts)
+    if not keep.any():
+        raise DriftInputError(
+            f"{path}: no usable prediction records{_range_text(since, until)} "
+            f"({counts['bad_lines']} unusable line(s) in {len(files)} file(s))"
+        )
+    if model_version is None:  # the newest record's
+        newest = int(np.flatnonzero(keep)[np.argmax(frame["ts"][keep].to_numpy())])
+        model_version = str(frame.at[newest, "model_version"])
+        model_name = model_name or str(frame.at[newest, "model_name"])
+    model = f"{model_name or ''} {model_version}".strip()
+    keep &= _of_model(frame, keep, model_name, model_version, counts, strict_version, path)
+    keep &= ~_incomplete(frame, keep, features, parsed.where, problems, counts)
+    counts["rows_read"] = len(frame)
+    table = Table(frame.loc[keep].reset_index(drop=True), None, str(path), "logs", counts, problems)
+    table.counts["rows"] = len(table)
+    table.counts["model"] = model
+    if table.frame.empty:
+        raise DriftInputError(
+            f"{path}: no complete records of model {model}{_range_text(since, until)} "
+            f"(excluded: {_excluded_text(counts)})"
+        )
+    table.embeddings, note = _stack_embeddings([parsed.embedding[i] for i in np.flatnonzero(keep)])
+    if note:
+        table.notes.append(note)
+    return table
+
+
+def _log_files_in_range(
+    path: Path, since: pd.Timestamp | None, until: pd.Timestamp | None
+) -> tuple[list[Path], dict[str, Any]]:
+    """The log files under ``path`` whose day can hold records in the range, and the counts."""
     if not path.exists():
         raise DriftInputError(f"{path}: prediction log folder not found")
     files = log_files(path)
@@ -455,91 +387,100 @@ def read_logs(
             f"{path}: no prediction logs ({LOG_GLOB}) in this folder or its sub-folders"
         )
     counts: dict[str, Any] = {"files": len(files)}
-    skipped_files = [
+    # a file holds one UTC day; one day of margin either side, the rows are filtered later
+    first = None if since is None else (since - pd.Timedelta(days=1)).date()
+    last = None if until is None else (until + pd.Timedelta(days=1)).date()
+    kept = [
         p
         for p in files
-        if (day := log_file_day(p)) is not None
-        and (
-            (since is not None and day < (since - pd.Timedelta(days=1)).date())
-            or (until is not None and day > (until + pd.Timedelta(days=1)).date())
-        )
-    ]  # a file holds one UTC day; one day of margin either side, the rows are filtered below
-    files = [p for p in files if p not in skipped_files]
-    counts["files_read"] = len(files)
-    parsed, bad, problems = _parse_lines(files, features)
+        if (day := log_file_day(p)) is None
+        or not ((first is not None and day < first) or (last is not None and day > last))
+    ]
+    counts["files_read"] = len(kept)
+    return kept, counts
+
+
+def _records_frame(
+    parsed: _Parsed, features: Sequence[str], problems: list[str]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The records as a frame (features as floats, NaN when missing or not finite) and which
+    rows have a ``ts`` that is not a time (listed in ``problems``)."""
     ts = pd.to_datetime(
         pd.Series(parsed.ts, dtype=object), utc=True, errors="coerce", format="ISO8601"
     )
     bad_ts = ts.isna().to_numpy()
     for i in np.flatnonzero(bad_ts)[: MAX_EXAMPLES - len(problems)]:
         problems.append(f"{parsed.where[i]}: ts {parsed.ts[i]!r} is not an ISO 8601 time")
-    counts["bad_lines"] = sum(bad.values()) + int(bad_ts.sum())
     frame = numeric_features(pd.DataFrame(parsed.features, columns=list(features)), features, "")
     frame = frame.where(np.isfinite(frame.to_numpy()))
     frame["predicted"] = parsed.predicted
     frame["model_name"] = parsed.name
     frame["model_version"] = parsed.version
     frame["ts"] = ts
-    keep = ~bad_ts
+    return frame, bad_ts
+
+
+def _in_time_range(
+    ts: pd.Series,
+    keep: np.ndarray,
+    since: pd.Timestamp | None,
+    until: pd.Timestamp | None,
+    counts: dict[str, Any],
+) -> np.ndarray:
     in_time = keep.copy()
     if since is not None:
         in_time &= (ts >= since).to_numpy()
     if until is not None:
         in_time &= (ts < until).to_numpy()
     counts["outside_time_range"] = int((keep & ~in_time).sum())
-    keep &= in_time
-    if not keep.any():
-        raise DriftInputError(
-            f"{path}: no usable prediction records{_range_text(since, until)} "
-            f"({counts['bad_lines']} unusable line(s) in {len(files)} file(s))"
-        )
-    if model_version is None:
-        newest = int(np.flatnonzero(keep)[np.argmax(ts[keep].to_numpy())])
-        model_version = str(frame.at[newest, "model_version"])
-        model_name = model_name or str(frame.at[newest, "model_name"])
-    same = (frame["model_version"] == model_version).to_numpy()
-    if model_name:
-        same &= (frame["model_name"] == model_name).to_numpy()
+    return keep & in_time
+
+
+def _of_model(
+    frame: pd.DataFrame,
+    keep: np.ndarray,
+    name: str | None,
+    version: str,
+    counts: dict[str, Any],
+    strict: bool,
+    path: Path,
+) -> np.ndarray:
+    """Rows of the model ``name`` ``version``; the others are counted, or an error when
+    ``strict``."""
+    same = (frame["model_version"] == version).to_numpy()
+    if name:
+        same &= (frame["model_name"] == name).to_numpy()
     other = keep & ~same
     if other.any():
         found = Counter(
             f"{n} {v}".strip() for n, v in frame.loc[other, ["model_name", "model_version"]].values
         )
-        if strict_version:
+        if strict:
             raise DriftInputError(
                 f"{path}: {int(other.sum())} record(s) from other model versions "
-                f"({dict(found)}); the reference model is {model_name or ''} {model_version} "
+                f"({dict(found)}); the reference model is {name or ''} {version} "
                 "(drop --strict-version to exclude them)"
             )
         counts["other_versions"] = dict(found)
     counts["other_version_rows"] = int(other.sum())
-    keep &= same
+    return same
+
+
+def _incomplete(
+    frame: pd.DataFrame,
+    keep: np.ndarray,
+    features: Sequence[str],
+    where: list[str],
+    problems: list[str],
+    counts: dict[str, Any],
+) -> np.ndarray:
+    """Kept rows with a missing or non-numeric feature (examples listed in ``problems``)."""
     incomplete = keep & frame[list(features)].isna().any(axis=1).to_numpy()
     for i in np.flatnonzero(incomplete)[: max(0, MAX_EXAMPLES - len(problems))]:
         gaps = [c for c in features if pd.isna(frame.at[i, c])]
-        problems.append(f"{parsed.where[i]}: missing or non-numeric features {gaps}")
+        problems.append(f"{where[i]}: missing or non-numeric features {gaps}")
     counts["incomplete_rows"] = int(incomplete.sum())
-    keep &= ~incomplete
-    counts["rows_read"] = len(frame)
-    table = Table(
-        frame.loc[keep].reset_index(drop=True),
-        None,
-        str(path),
-        "logs",
-        counts,
-        problems,
-    )
-    table.counts["rows"] = len(table)
-    table.counts["model"] = f"{model_name or ''} {model_version}".strip()
-    if table.frame.empty:
-        raise DriftInputError(
-            f"{path}: no complete records of model {table.counts['model']}"
-            f"{_range_text(since, until)} (excluded: {_excluded_text(counts)})"
-        )
-    table.embeddings, note = _stack_embeddings([parsed.embedding[i] for i in np.flatnonzero(keep)])
-    if note:
-        table.notes.append(note)
-    return table
+    return incomplete
 
 
 def _range_text(since: pd.Timestamp | None, until: pd.Timestamp | None) -> str:
@@ -597,17 +538,15 @@ def image_files(folder: str | Path) -> tuple[list[Path], int]:
     return files, others
 
 
-def _decoded(files: Sequence[Path], model: Model | None) -> Iterator[tuple[Path, Any]]:
-    from ihcflow.preprocess import prepare_image
-
+def _decoded(files: Sequence[Path], params: ImageParams | None) -> Iterator[tuple[Path, Any]]:
     for path in files:
         try:
             data = path.read_bytes()
-            if model is None:
+            if params is None:
                 rgb, _ = decode_rgb8(data, str(path), strict=True)
                 yield path, (None, image_features(rgb))
             else:
-                out, feats, _ = prepare_image(data, str(path), model.preprocess, strict=True)
+                out, feats, _ = prepare_image(data, str(path), params, strict=True)
                 yield path, (out, feats)
         except (OSError, ValueError) as exc:  # ImageError is a ValueError
             yield path, exc
@@ -620,14 +559,14 @@ def read_image_folder(
     ``folder``: decoded, measured before correction, and prepared exactly like the server's
     uploads. Unreadable images are left out and listed."""
     folder = Path(folder)
+    params = None
     if model is not None:
-        from ihcflow.preprocess import check_params
-
         try:
-            check_params(model.preprocess)
-        except ValueError as exc:
+            params = ImageParams.from_section(model.preprocess)
+            check_params(params)
+        except ConfigError as exc:
             raise DriftInputError(
-                f"{model.path.with_name('model.json')}: new images cannot be prepared like the "
+                f"{model_files(model.path)[1]}: new images cannot be prepared like the "
                 f"training images: {exc}"
             ) from None
     files, others = image_files(folder)
@@ -641,7 +580,7 @@ def read_image_folder(
     prepared: list[np.ndarray] = []
     problems: list[str] = []
     unreadable = 0
-    for path, result in _decoded(files, model):
+    for path, result in _decoded(files, params):
         if isinstance(result, Exception):
             unreadable += 1
             if len(problems) < MAX_EXAMPLES:

@@ -1,5 +1,4 @@
-"""Reports for people: the pull-request comment that says what a change did to the model.
-
-``ihcflow.reporting.pr`` builds it (``collect`` -> ``render``); ``ihcflow.reporting.cli`` is
-``ihcflow report pr``.
+"""Reports for people: ``format`` (one number formatter and table layout), ``metrics`` (the test
+metrics as text, ``ihcflow report metrics``), ``pr`` (the pull-request comment: ``collect`` ->
+``render``) and ``cli`` (``ihcflow report``).
 """

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ihcflow.io import write_bytes_atomic, write_text_atomic
+from ihcflow.files import write_bytes_atomic, write_text_atomic
+from ihcflow.model_format import JSON_NAME
 from ihcflow.reporting.metrics import TOLERANCE_FILE
+from ihcflow.tables import METRICS
 
 
 def _cmd_pr(args: argparse.Namespace) -> int:
@@ -39,7 +41,7 @@ def _cmd_pr(args: argparse.Namespace) -> int:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    from ihcflow.io import read_json
+    from ihcflow.files import read_json
     from ihcflow.reporting import metrics as m
 
     try:
@@ -56,8 +58,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 def _against(args: argparse.Namespace, here: dict[str, Any]) -> str:
     """The headline metrics against the ones committed at ``args.against``."""
-    import json
-
+    from ihcflow.files import parse_json
     from ihcflow.reporting import metrics as m
     from ihcflow.reporting.pr import read_at, resolve_rev
 
@@ -66,10 +67,7 @@ def _against(args: argparse.Namespace, here: dict[str, Any]) -> str:
     text, why = read_at(root, args.metrics.as_posix(), commit)
     if text is None:
         raise ValueError(f"{args.metrics} at {args.against}: cannot read it ({why})")
-    try:
-        committed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{args.metrics} at {args.against}: not valid JSON: {exc}") from None
+    committed = parse_json(text, f"{args.metrics} at {args.against}")
     tolerance = m.read_tolerance(args.tolerance) if args.tolerance.is_file() else {}
     source = str(args.tolerance) if tolerance else f"{args.tolerance}: absent, none measured"
     rows = m.compare_metrics(here, committed, tolerance)
@@ -106,8 +104,8 @@ def add_parser(subparsers: Any) -> None:
     metrics = sub.add_parser(
         "metrics", help="the test metrics and the registered model, as text (make repro ends so)"
     )
-    metrics.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
-    metrics.add_argument("--model", type=Path, default=Path("models/model.json"))
+    metrics.add_argument("--metrics", type=Path, default=Path(METRICS))
+    metrics.add_argument("--model", type=Path, default=Path("models") / JSON_NAME)
     metrics.add_argument(
         "--against",
         metavar="REV",

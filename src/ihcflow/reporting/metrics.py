@@ -11,30 +11,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ihcflow.io import read_json
+from ihcflow.files import read_json
+from ihcflow.reporting.format import MISSING, number
+from ihcflow.tables import HEADLINE_METRICS
 
-HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
-PER_CLASS = ("precision", "recall", "f1", "support")
-
-
-def _cell(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and digits == 0):
-        return str(int(value))
-    return f"{float(value):.{digits}f}"
+PER_CLASS = ("precision", "recall", "f1", "support")  # the columns printed
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
     """``reports/metrics.json`` (the evaluate stage's output) as a few lines of text."""
     lines = [f"test images: {metrics.get('n_test', 'n/a')}"]
-    lines += [f"  {key:<18} {_cell(metrics.get(key), 4)}" for key in HEADLINE]
+    lines += [f"  {key:<18} {number(metrics.get(key), 4)}" for key in HEADLINE_METRICS]
     per_class: Mapping[str, Mapping[str, Any]] = metrics.get("per_class") or {}
     if per_class:
         width = max(len(name) for name in per_class)
         lines.append(" " * width + "".join(f"{col:>10}" for col in PER_CLASS))
         for name, row in per_class.items():
-            cells = [_cell(row.get(col), 0 if col == "support" else 3) for col in PER_CLASS]
+            cells = [number(row.get(col), 0 if col == "support" else 3) for col in PER_CLASS]
             lines.append(f"{name:<{width}}" + "".join(f"{cell:>10}" for cell in cells))
         if metrics.get("n_classes_in_test", len(per_class)) < len(per_class):
             lines.append("warning: some classes have no test image; macro averages leave them out")
@@ -49,7 +42,7 @@ def registered_line(model_json: Path) -> str:
     metric = (info.get("metrics") or {}).get("balanced_accuracy")
     return (
         f"registered model: {info.get('name')} {info.get('version')} "
-        f"(balanced_accuracy {_cell(metric, 4)}, created {info.get('created')})"
+        f"(balanced_accuracy {number(metric, 4)}, created {info.get('created')})"
     )
 
 
@@ -78,7 +71,7 @@ class MetricDiff:
     @property
     def verdict(self) -> str:
         if self.diff is None:
-            return "n/a"
+            return MISSING
         if self.diff == 0:
             return "identical"
         if self.tolerance is None:
@@ -99,13 +92,13 @@ def read_tolerance(path: Path) -> dict[str, float]:
 def compare_metrics(
     here: Mapping[str, Any], committed: Mapping[str, Any], tolerance: Mapping[str, float]
 ) -> list[MetricDiff]:
-    def number(metrics: Mapping[str, Any], key: str) -> float | None:
+    def value_of(metrics: Mapping[str, Any], key: str) -> float | None:
         value = metrics.get(key)
         return float(value) if isinstance(value, int | float) else None
 
     return [
-        MetricDiff(key, number(here, key), number(committed, key), tolerance.get(key))
-        for key in HEADLINE
+        MetricDiff(key, value_of(here, key), value_of(committed, key), tolerance.get(key))
+        for key in HEADLINE_METRICS
     ]
 
 
@@ -115,12 +108,12 @@ def format_comparison(rows: list[MetricDiff], against: str, tolerance_source: st
         f"  {'metric':<18} {'here':>8} {'committed':>10} {'diff':>8} {'tolerance':>10}",
     ]
     for row in rows:
-        diff = "n/a" if row.diff is None else f"{row.diff:+.4f}"
+        diff = number(row.diff, 4, signed=True)
         lines.append(
-            f"  {row.metric:<18} {_cell(row.here, 4):>8} {_cell(row.committed, 4):>10} "
-            f"{diff:>8} {_cell(row.tolerance, 4):>10}  {row.verdict}"
+            f"  {row.metric:<18} {number(row.here, 4):>8} {number(row.committed, 4):>10} "
+            f"{diff:>8} {number(row.tolerance, 4):>10}  {row.verdict}"
         )
-    verdicts = {row.verdict for row in rows} - {"n/a"}
+    verdicts = {row.verdict for row in rows} - {MISSING}
     if verdicts <= {"identical"}:
         lines.append(f"identical to {against}: the same result (pulled or retrained on this CPU)")
     elif "OUTSIDE" in verdicts:

@@ -11,7 +11,6 @@ Markdown file, or under ``image_base_url`` where CI publishes them (docs/ci.md).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -24,22 +23,24 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ihcflow import tables
 from ihcflow.data.provenance import describe, parse_dvc_file
-from ihcflow.registry import GateResult, evaluate_gate
+from ihcflow.files import parse_json
+from ihcflow.model_format import JSON_NAME
+from ihcflow.registry.gate import GateResult, evaluate_gate
+from ihcflow.reporting.format import MISSING, markdown_table, number
+from ihcflow.tables import HEADLINE_METRICS, METRICS, PER_CLASS_METRICS
 
 MARKER = "<!-- ihcflow-report -->"  # CI finds the comment to update by this line
 COMMENT_LIMIT = 65536  # GitHub rejects longer comment bodies
 
-METRICS = "reports/metrics.json"
 PARAMS = "params.yaml"
-MANIFEST = "processed/manifest.csv"
+MANIFEST = tables.MANIFEST.path
 DATA_DVC = "data.dvc"
-MODEL_JSON = "models/model.json"
+MODEL_JSON = f"models/{JSON_NAME}"
 DRIFT_SUMMARY = "reports/drift/summary.md"
 PLOTS = (("confusion matrix", "reports/plots/confusion.png"), ("ROC", "reports/plots/roc.png"))
-HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
 PER_CLASS = "per_class."
-CLASS_COLUMNS = ("precision", "recall", "f1", "auroc", "support")
 
 
 @dataclass(frozen=True)
@@ -156,20 +157,14 @@ def manifest_changes(base: pd.DataFrame, new: pd.DataFrame) -> list[ClassDelta]:
 
 
 def parse_manifest(text: str, source: str) -> pd.DataFrame:
-    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    missing = [c for c in ("path", "class", "sha256") if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{source}: manifest lacks column(s) {missing} (has {list(frame.columns)})"
-        )
-    return frame
+    return tables.parse_table(text, source, tables.MANIFEST, columns=("path", "class", "sha256"))
 
 
-def dvc_file_summary(text: str | None) -> dict[str, Any]:
+def dvc_file_summary(text: str | None, source: str = DATA_DVC) -> dict[str, Any]:
     """md5 / nfiles / size of the first output recorded in a ``.dvc`` file ({} if none)."""
     if not text:
         return {}
-    outs = (yaml.safe_load(text) or {}).get("outs") or [{}]
+    outs = parse_dvc_file(text, source)["outs"] or [{}]
     return {k: outs[0][k] for k in ("md5", "nfiles", "size") if k in outs[0]}
 
 
@@ -177,12 +172,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def fmt(value: Any, exact: bool = False) -> str:
-    """A metric with 4 decimals (``exact``: as written, for params); None as a dash."""
+def param_text(value: Any) -> str:
+    """A param as written (a number in full, a list or mapping as JSON)."""
     if value is None:
-        return "—"
+        return MISSING
     if isinstance(value, float):
-        return repr(value) if exact or 0 < abs(value) < 1e-3 else f"{value:.4f}"
+        return repr(value)
     if isinstance(value, list | dict):
         return f"`{json.dumps(value)}`"
     return str(value)
@@ -201,28 +196,23 @@ def fmt_delta(old: Any, new: Any) -> str:
     delta = new - old
     if delta == 0:
         return "="
-    if isinstance(delta, int):
-        text = f"{delta:+d}"
-    else:
-        text = f"{delta:+.2e}" if abs(delta) < 1e-3 else f"{delta:+.4f}"
-    return f"{text} {'▲' if delta > 0 else '▼'}"
+    return f"{number(delta, signed=True)} {'▲' if delta > 0 else '▼'}"
 
 
 def _cell(old: Any, new: Any) -> str:
     """A per-class table cell: the value, with the change when there is one."""
     if old == new:
-        return fmt(new)
-    return f"{fmt(new)} ({fmt_delta(old, new)})"
+        return number(new)
+    return f"{number(new)} ({fmt_delta(old, new)})"
 
 
 def _gate_line(result: GateResult | None) -> str:
     if result is None:
-        return "n/a"
+        return MISSING
     if not result.rows:
         return "no thresholds"
-    held = sum(r.ok for r in result.rows)
     word = "✅ passed" if result.passed else "❌ failed"
-    return f"{word} ({held}/{len(result.rows)} checks hold)"
+    return f"{word} ({result.summary()})"
 
 
 def _md_escape(text: str) -> str:
@@ -273,15 +263,7 @@ def _read_text(path: Path) -> str | None:
 
 
 def _json(text: str | None, source: str) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{source}: not valid JSON: {exc}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{source}: expected a JSON object, got {type(loaded).__name__}")
-    return loaded
+    return None if text is None else parse_json(text, source)
 
 
 def _gate_params(text: str | None, source: str) -> Mapping[str, Any] | None:
@@ -418,13 +400,13 @@ def collect(root: str | Path, base: str, base_label: str | None = None) -> PrRep
 
 
 def _metric_table(changes: Sequence[Change], base: str) -> list[str]:
-    order = {name: i for i, name in enumerate(HEADLINE)}
-    rows = sorted(changes, key=lambda c: (order.get(c.name, len(order)), c.name))
-    lines = [f"| metric | `{base}` | this PR | change |", "|---|---:|---:|---:|"]
-    for c in rows:
-        name = f"**{c.name}**" if c.name in order else c.name
-        lines.append(f"| {name} | {fmt(c.old)} | {fmt(c.new)} | {fmt_delta(c.old, c.new)} |")
-    return lines
+    order = {name: i for i, name in enumerate(HEADLINE_METRICS)}
+    rows = [
+        [f"**{c.name}**" if c.name in order else c.name, number(c.old), number(c.new),
+         fmt_delta(c.old, c.new)]
+        for c in sorted(changes, key=lambda c: (order.get(c.name, len(order)), c.name))
+    ]  # fmt: skip
+    return markdown_table(["metric", f"`{base}`", "this PR", "change"], rows, "lrrr")
 
 
 def _per_class_table(changes: Sequence[Change]) -> list[str]:
@@ -432,13 +414,13 @@ def _per_class_table(changes: Sequence[Change]) -> list[str]:
     for c in changes:
         cls, metric = c.name[len(PER_CLASS) :].rsplit(".", 1)
         cells.setdefault(cls, {})[metric] = c
-    columns = [m for m in CLASS_COLUMNS if any(m in v for v in cells.values())]
+    columns = [m for m in PER_CLASS_METRICS if any(m in v for v in cells.values())]
     columns += sorted({m for v in cells.values() for m in v} - set(columns))
-    lines = ["| class | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    for cls, by_metric in cells.items():
-        row = [_cell(by_metric[m].old, by_metric[m].new) if m in by_metric else "" for m in columns]
-        lines.append(f"| {_md_escape(cls)} | " + " | ".join(row) + " |")
-    return lines
+    rows = [
+        [cls, *(_cell(by[m].old, by[m].new) if m in by else "" for m in columns)]
+        for cls, by in cells.items()
+    ]
+    return markdown_table(["class", *columns], rows, "l" + "r" * len(columns))
 
 
 def demote_headings(markdown: str, levels: int = 3) -> str:
@@ -467,13 +449,32 @@ def render(
     command: str = "",
 ) -> str:
     """The Markdown comment; it starts with :data:`MARKER`."""
+    sections = [
+        _section_summary(report, notes),
+        _section_metrics(report),
+        _section_params(report),
+        _section_gate(report),
+        _section_plots(report, image_base_url, Path(images_relative_to)),
+        _section_data(report),
+        _section_drift(report),
+        _section_problems(report),
+        [_section_footer(report, command)],
+    ]
+    text = "\n".join(line for section in sections for line in section) + "\n"
+    if len(text) > COMMENT_LIMIT:
+        cut = "\n\n… (truncated to fit a GitHub comment; run the command locally for all of it)\n"
+        text = text[: COMMENT_LIMIT - len(cut)] + cut
+    return text
+
+
+def _section_summary(report: PrReport, notes: Sequence[str]) -> list[str]:
+    """Title, notes, the gate at both ends, the registered model, the data, `dvc status`."""
     base = report.base
     out = [MARKER, f"## Model report: this PR vs `{base}`", ""]
     for note in notes:
         out += [f"> [!NOTE]\n> {note}", ""]
     gate = _gate_line(report.gate)
-    out.append(f"**Registration gate: {gate}** · at `{base}`: {_gate_line(report.base_gate)}")
-    out.append("")
+    out += [f"**Registration gate: {gate}** · at `{base}`: {_gate_line(report.base_gate)}", ""]
     if report.model:
         m = report.model
         state = (
@@ -490,13 +491,15 @@ def render(
         )
     else:
         out.append("Pipeline: up to date (`dvc status` is clean).")
-    out.append("")
+    return [*out, ""]
 
-    out += [f"### Metrics (`{METRICS}`)", ""]
+
+def _section_metrics(report: PrReport) -> list[str]:
+    out = [f"### Metrics (`{METRICS}`)", ""]
     main = report.metrics.get(METRICS, [])
     top = [c for c in main if not c.name.startswith(PER_CLASS)]
     per_class = [c for c in main if c.name.startswith(PER_CLASS)]
-    out += _metric_table(top, base) if top else ["No metrics to compare."]
+    out += _metric_table(top, report.base) if top else ["No metrics to compare."]
     if per_class:
         changed = sum(c.changed for c in per_class)
         out += [""] + _details(
@@ -506,96 +509,84 @@ def render(
     for path, changes in report.metrics.items():
         if path != METRICS and changes:
             out += [""] + _details(
-                f"Other metrics: <code>{path}</code>", _metric_table(changes, base)
+                f"Other metrics: <code>{path}</code>", _metric_table(changes, report.base)
             )
-    out.append("")
+    return [*out, ""]
 
-    out += ["### Params changed", ""]
+
+def _section_params(report: PrReport) -> list[str]:
+    out = ["### Params changed", ""]
     if report.params:
-        out += [f"| param | `{base}` | this PR |", "|---|---|---|"]
-        out += [
-            f"| `{c.name}` | {_md_escape(fmt(c.old, exact=True))} | "
-            f"{_md_escape(fmt(c.new, exact=True))} |"
-            for c in report.params
-        ]
+        rows = [[f"`{c.name}`", param_text(c.old), param_text(c.new)] for c in report.params]
+        out += markdown_table(["param", f"`{report.base}`", "this PR"], rows, "lll")
     else:
-        out.append(f"No param differs from `{base}`.")
-    out.append("")
+        out.append(f"No param differs from `{report.base}`.")
+    return [*out, ""]
 
-    out += ["### Registration gate", ""]
+
+def _section_gate(report: PrReport) -> list[str]:
+    out = ["### Registration gate", ""]
     if report.gate is None:
         out.append("Not evaluated (see the problems below).")
     elif not report.gate.rows:
         out.append("No thresholds are set (params `gate.min_*` / `gate.max_*`).")
     else:
-        out += ["| metric | value | rule | result |", "|---|---:|---|---|"]
-        out += [
-            f"| {_md_escape(r.metric)} | {fmt(r.value)} | {r.op} {r.threshold:g} | "
-            f"{'ok' if r.ok else '**FAIL**'} |"
-            for r in report.gate.rows
-        ]
-    out.append("")
+        out += report.gate.table(markdown=True)
+    return [*out, ""]
 
-    out += ["### Plots", ""]
-    relative_to = Path(images_relative_to)
+
+def _section_plots(report: PrReport, image_base_url: str | None, relative_to: Path) -> list[str]:
+    out = ["### Plots", ""]
     if report.images:
-        out.append("| " + " | ".join(t for t, _ in report.images) + " |")
-        out.append("|" + "---|" * len(report.images))
         refs = [f"![{t}]({_image_ref(p, image_base_url, relative_to)})" for t, p in report.images]
-        out.append("| " + " | ".join(refs) + " |")
+        out += markdown_table([t for t, _ in report.images], [refs], "l" * len(refs))
     if report.missing_images:
         out.append(f"Not found: {', '.join(f'`{p}`' for p in report.missing_images)}.")
-    out.append("")
+    return [*out, ""]
 
-    out += ["### Data changes", ""]
-    data = report.data
+
+def _section_data(report: PrReport) -> list[str]:
+    out = ["### Data changes", ""]
+    data, base = report.data, report.base
     if data.classes:
-        total_base = sum(r.base for r in data.classes)
-        total_new = sum(r.new for r in data.classes)
-        out += [
-            f"| class | `{base}` | this PR | added | removed | modified |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        out += [
-            f"| {_md_escape(r.name)} | {r.base} | {r.new} | {r.added} | {r.removed} | "
-            f"{r.modified} |"
+        rows = [
+            [r.name, *map(str, (r.base, r.new, r.added, r.removed, r.modified))]
             for r in data.classes
         ]
-        out.append(
-            f"| **total** | {total_base} | {total_new} | {sum(r.added for r in data.classes)} | "
-            f"{sum(r.removed for r in data.classes)} | {sum(r.modified for r in data.classes)} |"
-        )
+        totals = [sum(int(row[i]) for row in rows) for i in range(1, 6)]
+        rows.append(["**total**", *map(str, totals)])
+        header = ["class", f"`{base}`", "this PR", "added", "removed", "modified"]
+        out += markdown_table(header, rows, "lrrrrr")
         out += ["", f"<sub>From {data.method}.</sub>"]
     elif data.dvc_file:
         old, new = data.dvc_file
         if old == new:
             out.append(f"`{DATA_DVC}` is unchanged ({new.get('nfiles', '?')} files).")
         else:
-            out += [f"| `{DATA_DVC}` | `{base}` | this PR |", "|---|---|---|"]
-            out += [
-                f"| {k} | {fmt(old.get(k))} | {fmt(new.get(k))} |"
-                for k in ("nfiles", "size", "md5")
-            ]
+            rows = [[k, number(old.get(k)), number(new.get(k))] for k in ("nfiles", "size", "md5")]
+            out += markdown_table([f"`{DATA_DVC}`", f"`{base}`", "this PR"], rows, "lll")
         out += ["", f"<sub>From {data.method}.</sub>"]
     else:
         out.append(f"Not measured: {data.method}.")
-    out.append("")
+    return [*out, ""]
 
-    if report.drift:
-        out += ["### Latest drift check", ""]
-        out += _details(f"<code>{DRIFT_SUMMARY}</code>", [demote_headings(report.drift.strip())])
-        out.append("")
-    if report.problems:
-        out += ["### Problems", ""] + [f"- {_md_escape(p)}" for p in report.problems] + [""]
 
+def _section_drift(report: PrReport) -> list[str]:
+    if not report.drift:
+        return []
+    details = _details(f"<code>{DRIFT_SUMMARY}</code>", [demote_headings(report.drift.strip())])
+    return ["### Latest drift check", "", *details, ""]
+
+
+def _section_problems(report: PrReport) -> list[str]:
+    if not report.problems:
+        return []
+    return ["### Problems", "", *(f"- {_md_escape(p)}" for p in report.problems), ""]
+
+
+def _section_footer(report: PrReport, command: str) -> str:
     footer = f"<sub>`{command}` · " if command else "<sub>"
-    footer += (
+    return footer + (
         f"base `{report.base_sha[:7]}` · workspace of `{report.head}` · "
         f"DVC {report.dvc_version}</sub>"
     )
-    out.append(footer)
-    text = "\n".join(out) + "\n"
-    if len(text) > COMMENT_LIMIT:
-        cut = "\n\n… (truncated to fit a GitHub comment; run the command locally for all of it)\n"
-        text = text[: COMMENT_LIMIT - len(cut)] + cut
-    return text

@@ -29,10 +29,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ihcflow import __version__
+from ihcflow.prediction_log import PredictionLog
 from ihcflow.serving.errors import ApiError
 from ihcflow.serving.model import ModelLoadError, ServedModel
 from ihcflow.serving.observability import ServingMetrics, configure_logging, endpoint_label
-from ihcflow.serving.predlog import PredictionLog
 from ihcflow.serving.service import PredictionService
 from ihcflow.serving.settings import Settings
 from ihcflow.serving.uploads import receive_uploads

@@ -106,11 +106,11 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ihcflow.preprocess import tune_malloc
+    from ihcflow.images.prepare import tune_malloc
+    from ihcflow.prediction_log import PredictionLog
     from ihcflow.serving.app import create_app
     from ihcflow.serving.model import ServedModel
     from ihcflow.serving.observability import configure_logging
-    from ihcflow.serving.predlog import PredictionLog
 
     settings = settings_from_args(args)
     model = ServedModel.load(settings.model_dir, threads=settings.intra_op_threads)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ihcflow.imageio import ImageError
+from ihcflow.images.codec import ImageError
 
 # ImageError.reason -> HTTP status
 IMAGE_ERROR_STATUS = {

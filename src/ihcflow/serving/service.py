@@ -15,11 +15,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ihcflow.imageio import ImageError
+from ihcflow.images.codec import ImageError
+from ihcflow.prediction_log import PredictionLog, iso_z, make_record
 from ihcflow.serving.errors import ApiError
 from ihcflow.serving.model import Prepared, ServedModel
 from ihcflow.serving.observability import ServingMetrics
-from ihcflow.serving.predlog import PredictionLog, iso_z
 from ihcflow.serving.settings import Settings
 from ihcflow.serving.uploads import Upload
 
@@ -82,22 +82,23 @@ class PredictionService:
             predicted = classes[int(np.argmax(probs[i]))]
             probs_i = dict(zip(classes, _short(probs[i]), strict=True))
             results.append({"filename": upload.filename, "predicted": predicted, "probs": probs_i})
-            record: dict[str, Any] = {
-                "ts": ts,
-                "request_id": request_id,
-                "model_name": self.model.name,
-                "model_version": self.model.version,
-                "filename": upload.filename,
-                "predicted": predicted,
-                "probs": probs_i,
-                "features": {k: float(v) for k, v in item.features.items()},
-                "latency_ms": latency_ms,
-            }
-            if self.settings.log_embedding:
-                record["embedding"] = _short(embedding[i])
-            if self.settings.log_images:
-                record["image_b64"] = base64.b64encode(data).decode("ascii")
-            records.append(record)
+            records.append(
+                make_record(
+                    ts=ts,
+                    request_id=request_id,
+                    model_name=self.model.name,
+                    model_version=self.model.version,
+                    filename=upload.filename,
+                    predicted=predicted,
+                    probs=probs_i,
+                    features=item.features,
+                    latency_ms=latency_ms,
+                    embedding=_short(embedding[i]) if self.settings.log_embedding else None,
+                    image_b64=(
+                        base64.b64encode(data).decode("ascii") if self.settings.log_images else None
+                    ),
+                )
+            )
         try:
             self.log.write(records)
         except (OSError, ValueError) as exc:

@@ -8,7 +8,7 @@ uninterrupted one when the generator is reseeded per epoch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -128,36 +128,35 @@ class RandStainJitter:
         return rgb.clamp(0.0, 1.0).contiguous()
 
 
+@dataclass
+class AugmentParams:
+    """params ``train.augment``: probabilities of the flips, rot90, and jitter strengths
+    (0: off)."""
+
+    hflip: float
+    vflip: float
+    rot90: bool
+    stain_sigma: float
+    stain_bias: float
+    brightness: float
+    contrast: float
+    saturation: float
+
+
 class Augment:
     """The training augmentation built from params ``train.augment``."""
 
-    def __init__(self, cfg: Mapping[str, Any] | None) -> None:
-        cfg = dict(cfg or {})
+    def __init__(self, params: AugmentParams | None) -> None:
         self.steps: list[Any] = []
-        known = {"hflip", "vflip", "rot90", "brightness", "contrast", "saturation"}
-        known |= {"stain_sigma", "stain_bias"}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(
-                f"train.augment: unknown key(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
-        flips = RandFlipRot90(
-            float(cfg.get("hflip", 0.0)),
-            float(cfg.get("vflip", 0.0)),
-            bool(cfg.get("rot90", False)),
-        )
+        if params is None:
+            return
+        flips = RandFlipRot90(params.hflip, params.vflip, params.rot90)
         if flips.hflip or flips.vflip or flips.rot90:
             self.steps.append(flips)
-        stain = RandStainJitter(
-            float(cfg.get("stain_sigma", 0.0)), float(cfg.get("stain_bias", 0.0))
-        )
+        stain = RandStainJitter(params.stain_sigma, params.stain_bias)
         if stain.sigma or stain.bias:
             self.steps.append(stain)
-        color = RandColorJitter(
-            float(cfg.get("brightness", 0.0)),
-            float(cfg.get("contrast", 0.0)),
-            float(cfg.get("saturation", 0.0)),
-        )
+        color = RandColorJitter(params.brightness, params.contrast, params.saturation)
         if color.brightness or color.contrast or color.saturation:
             self.steps.append(color)
 

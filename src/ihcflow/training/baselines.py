@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 from ihcflow.training.datamodule import ImageDataModule, ImageSet
+from ihcflow.training.module import scale_pixels
 from ihcflow.training.networks import ImageFeatures
 
 
@@ -28,7 +29,7 @@ def extract(features: ImageFeatures, data: ImageSet, batch: int = 512) -> np.nda
     out = []
     for start in range(0, len(data), batch):
         x, _ = data.__getitems__(range(start, min(start + batch, len(data))))
-        out.append(features(x.to(torch.float32) / 255.0).numpy())
+        out.append(features(scale_pixels(x)).numpy())
     return np.concatenate(out) if out else np.zeros((0, features.embed_dim), np.float32)
 
 

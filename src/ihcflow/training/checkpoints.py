@@ -22,8 +22,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ihcflow.io import params_hash, sha256_file, write_bytes_atomic
+from ihcflow.config import ConfigError
+from ihcflow.errors import PipelineError
+from ihcflow.files import params_hash, sha256_file, write_bytes_atomic
 from ihcflow.training.module import CKPT_KEY
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint that cannot be loaded; the message names the file."""
+
 
 BEST = "best.ckpt"
 LAST = "last.ckpt"
@@ -41,7 +48,7 @@ def run_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         data = dict(cfg)
     missing = [s for s in CONFIG_SECTIONS if s not in data]
     if missing:
-        raise KeyError(f"params: missing section(s) {missing} needed by train")
+        raise ConfigError(f"params: missing section(s) {missing} needed by train")
     return {s: data[s] for s in CONFIG_SECTIONS}
 
 
@@ -60,13 +67,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint onto the CPU without executing pickled code."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (run the train stage)")
+        raise CheckpointError(f"{path}: checkpoint not found (run the train stage)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt/foreign files
-        raise ValueError(f"{path}: not a readable checkpoint: {exc}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from None
     if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt:
-        raise ValueError(f"{path}: not an ihcflow checkpoint (no {CKPT_KEY!r} entry)")
+        raise CheckpointError(f"{path}: not an ihcflow checkpoint (no {CKPT_KEY!r} entry)")
     return ckpt
 
 

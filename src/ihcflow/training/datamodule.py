@@ -9,7 +9,7 @@ of the training split) happens inside the model, so the checkpoint and the ONNX 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,70 +19,31 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ihcflow.imageio import ImageError, read_rgb8
-from ihcflow.io import read_csv_table
-from ihcflow.training.augment import Augment
+from ihcflow.dataset import load_image, read_split
+from ihcflow.training import TrainError
+from ihcflow.training.augment import Augment, AugmentParams
+from ihcflow.training.module import scale_pixels
 
-SPLIT_COLUMNS = ("path", "sha256", "class", "split", "group", "image")
-SPLITS = ("train", "val", "test")
 IMBALANCE_MODES = ("none", "class_weights", "balanced_sampler")
 
 
-class DataError(ValueError):
-    """The split table or an image it names cannot be used for training."""
-
-
-def read_split_table(
-    split_csv: str | os.PathLike[str], columns: Sequence[str] = SPLIT_COLUMNS
-) -> pd.DataFrame:
-    """Read the split stage's ``processed/split.csv`` as strings; check it has ``columns``."""
-    return read_csv_table(
-        split_csv,
-        columns,
-        error=DataError,
-        absent="split table not found (run the split stage first)",
-    )
-
-
-def read_split(split_csv: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Read and check ``split.csv``; return the table and the sorted class names."""
-    frame = read_split_table(split_csv)
-    bad = sorted(set(frame["split"]) - set(SPLITS))
-    if bad:
-        raise DataError(f"{split_csv}: unknown split value(s) {bad}, expected {list(SPLITS)}")
-    if (frame["class"] == "").any():
-        row = int(np.flatnonzero(frame["class"] == "")[0]) + 2
-        raise DataError(f"{split_csv}: line {row} has an empty class")
+def read_training_split(split_csv: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The split table (:func:`ihcflow.dataset.read_split`), checked for what training needs;
+    returns it and the sorted class names (their index is the label)."""
+    frame = read_split(split_csv, error=TrainError)
     classes = sorted(frame["class"].unique())
     if len(classes) < 2:
-        raise DataError(f"{split_csv}: {len(classes)} class(es) {classes}, need at least 2")
+        raise TrainError(f"{split_csv}: {len(classes)} class(es) {classes}, need at least 2")
     train_classes = set(frame.loc[frame["split"] == "train", "class"])
     absent = [c for c in classes if c not in train_classes]
     if absent:
-        raise DataError(f"{split_csv}: class(es) {absent} have no training images")
+        raise TrainError(f"{split_csv}: class(es) {absent} have no training images")
     if not (frame["split"] == "val").any():
-        raise DataError(
+        raise TrainError(
             f"{split_csv}: no 'val' rows; training needs a validation split to choose the best "
             "checkpoint and to stop early (set split.val > 0)"
         )
     return frame, classes
-
-
-def load_image(path: Path, size: int | None) -> np.ndarray:
-    """Decode one preprocessed image to (H, W, 3) uint8 RGB and check its size."""
-    if not path.is_file():
-        raise DataError(f"{path}: preprocessed image not found (run the preprocess stage)")
-    try:
-        rgb, _ = read_rgb8(path, strict=False)
-    except ImageError as exc:
-        raise DataError(str(exc)) from None
-    h, w = rgb.shape[:2]
-    if size is not None and (h, w) != (size, size):
-        raise DataError(
-            f"{path}: image is {w}x{h} px, the model expects {size}x{size} "
-            "(preprocess.size is not the size these images were made with: rerun `dvc repro`)"
-        )
-    return rgb
 
 
 def _passthrough(batch: Any) -> Any:
@@ -124,7 +85,7 @@ class ImageSet(Dataset):
         if self.images is not None:
             return self.images[idx], self.labels[idx]
         assert self.paths is not None
-        arrays = [load_image(self.paths[i], self.size) for i in idx.tolist()]
+        arrays = [load_image(self.paths[i], self.size, error=TrainError) for i in idx.tolist()]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         return batch, self.labels[idx]
 
@@ -170,22 +131,24 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(
         self,
         split_csv: str | os.PathLike[str],
-        root: str | os.PathLike[str] = ".",
+        root: str | os.PathLike[str],
         *,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-        num_workers: int | str = "auto",
-        augment: Mapping[str, Any] | None = None,
-        imbalance: str = "class_weights",
-        seed: int = 0,
-        image_size: int | None = None,
-        in_memory_max_bytes: int = 2_000_000_000,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int | str,
+        augment: AugmentParams | None,
+        imbalance: str,
+        seed: int,
+        image_size: int | None,
+        in_memory_max_bytes: int,
     ) -> None:
+        """Every argument is a ``train`` param (``fit.build_datamodule``), none has a default
+        of its own."""
         super().__init__()
         if imbalance not in IMBALANCE_MODES:
-            raise ValueError(f"train.imbalance is {imbalance!r}, expected one of {IMBALANCE_MODES}")
+            raise TrainError(f"train.imbalance is {imbalance!r}, expected one of {IMBALANCE_MODES}")
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
+            raise TrainError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
         self.split_csv = Path(split_csv)
         self.root = Path(root)
         self.batch_size = batch_size
@@ -196,7 +159,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.seed = seed
         self.image_size = image_size
         self.in_memory_max_bytes = in_memory_max_bytes
-        self.frame, self.class_names = read_split(self.split_csv)
+        self.frame, self.class_names = read_training_split(self.split_csv)
         self.sets: dict[str, ImageSet] = {}
         self.mean = torch.zeros(3)
         self.std = torch.ones(3)
@@ -227,7 +190,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _size(self) -> int:
         if self.image_size is None:
             first = self.root / self.frame["image"].iloc[0]
-            self.image_size = int(load_image(first, None).shape[0])
+            self.image_size = int(load_image(first, None, error=TrainError).shape[0])
         return self.image_size
 
     def setup(self, stage: str | None = None) -> None:
@@ -248,7 +211,9 @@ class ImageDataModule(pl.LightningDataModule):
             if fits:
                 images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
                 for i, path in enumerate(paths):
-                    images[i] = torch.from_numpy(load_image(path, size)).permute(2, 0, 1)
+                    images[i] = torch.from_numpy(load_image(path, size, error=TrainError)).permute(
+                        2, 0, 1
+                    )
                 self.sets[split] = ImageSet(labels, images=images, size=size)
             else:
                 self.sets[split] = ImageSet(labels, paths=paths, size=size)
@@ -263,7 +228,7 @@ class ImageDataModule(pl.LightningDataModule):
         count = 0
         for start in range(0, len(data), 1024):
             x, _ = data.__getitems__(range(start, min(start + 1024, len(data))))
-            x = x.to(torch.float64) / 255.0
+            x = scale_pixels(x, torch.float64)
             total += x.sum(dim=(0, 2, 3))
             total_sq += (x * x).sum(dim=(0, 2, 3))
             count += x.shape[0] * x.shape[2] * x.shape[3]
@@ -280,7 +245,7 @@ class ImageDataModule(pl.LightningDataModule):
             return 0 if self.in_memory else max(1, min(4, (os.cpu_count() or 1) - 1))
         workers = int(self.num_workers_cfg)
         if workers < 0:
-            raise ValueError(f"train.num_workers is {workers}, expected >= 0 or 'auto'")
+            raise TrainError(f"train.num_workers is {workers}, expected >= 0 or 'auto'")
         return workers
 
     def _loader(self, split: str, train: bool) -> DataLoader:
@@ -321,7 +286,7 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batch -> float [0, 1], augmented when ``train`` (seeded by seed, epoch, rank)."""
         x, y = batch
-        x = x.to(torch.float32) / 255.0
+        x = scale_pixels(x)
         if train and self.augment:
             key = (epoch, rank)
             if self._gen is None or key != self._gen_key:

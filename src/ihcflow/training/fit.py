@@ -22,15 +22,17 @@ from dvclive import Live
 from dvclive.lightning import DVCLiveLogger
 from hydra.utils import instantiate
 from lightning_fabric.utilities.seed import seed_everything
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
-from ihcflow.io import write_json_atomic
+from ihcflow.files import write_json_atomic
+from ihcflow.training import TrainError
 from ihcflow.training import checkpoints as ckpts
 from ihcflow.training.baselines import fit_baseline
 from ihcflow.training.datamodule import ImageDataModule
 from ihcflow.training.module import CKPT_KEY, ImageClassifier
+from ihcflow.training.params import TrainRun
 
 SUMMARY = "summary.json"
 
@@ -91,10 +93,6 @@ def _expected_warnings(in_memory: bool, resuming: bool) -> Iterator[None]:
         yield
 
 
-class TrainConfigError(ValueError):
-    """The params ask for something this machine or install cannot do."""
-
-
 def check_accelerator(trainer: Mapping[str, Any]) -> None:
     """Fail early, in one line, when ``trainer=gpu``/``ddp`` meets a torch that sees no GPU."""
     accelerator = str(trainer.get("accelerator", "cpu")).lower()
@@ -104,56 +102,44 @@ def check_accelerator(trainer: Mapping[str, Any]) -> None:
             if torch.version.cuda is None
             else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
         )
-        raise TrainConfigError(
+        raise TrainError(
             f"trainer.accelerator is {accelerator!r} but torch {torch.__version__} is {why}: "
             "train with trainer=cpu, or install the CUDA build of torch into .venv (README)"
         )
 
 
-def _section(cfg: DictConfig, name: str) -> dict[str, Any]:
-    node = cfg.get(name)
-    if node is None:
-        raise KeyError(f"params: missing section {name!r}")
-    data = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(data, dict)
-    return {str(k): v for k, v in data.items()}
-
-
-def build_datamodule(cfg: DictConfig, split_csv: Path, root: Path) -> ImageDataModule:
-    train = cfg.train
-    size = cfg.get("preprocess", {}).get("size")
+def build_datamodule(run: TrainRun, split_csv: Path, root: Path) -> ImageDataModule:
+    train = run.train
     return ImageDataModule(
         split_csv,
         root,
-        batch_size=int(train.batch_size),
-        eval_batch_size=int(train.get("eval_batch_size", 256)),
-        num_workers=train.get("num_workers", "auto"),
-        augment=_section(train, "augment") if train.get("augment") is not None else None,
-        imbalance=str(train.get("imbalance", "class_weights")),
-        seed=int(cfg.seed),
-        image_size=int(size) if size is not None else None,
-        in_memory_max_bytes=int(train.get("in_memory_max_bytes", 2_000_000_000)),
+        batch_size=train.batch_size,
+        eval_batch_size=train.eval_batch_size,
+        num_workers=train.num_workers,
+        augment=train.augment,
+        imbalance=train.imbalance,
+        seed=run.seed,
+        image_size=run.image_size,
+        in_memory_max_bytes=train.in_memory_max_bytes,
     )
 
 
-def build_module(cfg: DictConfig, dm: ImageDataModule, meta: Mapping[str, Any]) -> ImageClassifier:
-    train = cfg.train
+def build_module(run: TrainRun, dm: ImageDataModule, meta: Mapping[str, Any]) -> ImageClassifier:
+    train = run.train
     assert dm.image_size is not None
-    net = instantiate(cfg.model.net, num_classes=len(dm.class_names), input_size=dm.image_size)
-    scheduler = train.get("scheduler")
-    imbalance = str(train.get("imbalance", "class_weights"))
+    net = instantiate(run.model.net, num_classes=len(dm.class_names), input_size=dm.image_size)
     return ImageClassifier(
         net,
         num_classes=len(dm.class_names),
         mean=dm.mean.tolist(),
         std=dm.std.tolist(),
         optimizer=instantiate(train.optimizer),
-        scheduler=instantiate(scheduler) if scheduler is not None else None,
-        scheduler_interval=str(train.get("scheduler_interval", "step")),
-        class_weights=dm.class_weights() if imbalance == "class_weights" else None,
-        label_smoothing=float(train.get("label_smoothing", 0.0)),
-        seed=int(cfg.seed),
-        channels_last=bool(train.get("channels_last", False)),
+        scheduler=instantiate(train.scheduler) if train.scheduler is not None else None,
+        scheduler_interval=train.scheduler_interval,
+        class_weights=dm.class_weights() if train.imbalance == "class_weights" else None,
+        label_smoothing=train.label_smoothing,
+        seed=run.seed,
+        channels_last=train.channels_last,
         meta=meta,
     )
 
@@ -178,24 +164,27 @@ def fit(
     live_dir: str | os.PathLike[str],
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Train the model ``cfg.model`` describes; return (and write) ``summary.json``."""
+    """Train the model ``cfg.model`` describes; return (and write) ``summary.json``.
+
+    ``cfg`` is the whole params; the checkpoint records its sections as given
+    (:func:`~ihcflow.training.checkpoints.run_config`), the run reads them typed
+    (:class:`~ihcflow.training.params.TrainRun`)."""
     split_csv, root = Path(split_csv), Path(root)
     ckpt_dir, live_dir = Path(ckpt_dir), Path(live_dir)
     config = ckpts.run_config(cfg)
-    kind = str(cfg.model.get("kind", "lightning"))
-    if kind not in ("lightning", "sklearn"):
-        raise ValueError(f"model.kind is {kind!r}, expected 'lightning' or 'sklearn'")
+    run = TrainRun.from_params(cfg)
+    kind = run.model.kind
     if kind == "lightning":
-        check_accelerator(cfg.trainer)
+        check_accelerator(run.trainer)
     t0 = time.perf_counter()
-    dm = build_datamodule(cfg, split_csv, root)  # checks split.csv first: clear errors early
+    dm = build_datamodule(run, split_csv, root)  # checks split.csv first: clear errors early
     fp = ckpts.fingerprint(config, split_csv)
     dm.setup("fit")
     load_time = time.perf_counter() - t0
     resume = ckpts.resumable(ckpt_dir, fp) if kind == "lightning" else None
     if resume is None:
         ckpts.clear(ckpt_dir)
-    seed_everything(int(cfg.seed), workers=True, verbose=False)
+    seed_everything(run.seed, workers=True, verbose=False)
     meta: dict[str, Any] = {
         "kind": kind,
         "config": config,
@@ -208,7 +197,7 @@ def fit(
         "finished": False,
     }
     summary: dict[str, Any] = {
-        "model": str(cfg.model.get("name", cfg.model.get("net", {}).get("_target_", kind))),
+        "model": run.model.name,
         "kind": kind,
         "classes": dm.class_names,
         "input_size": dm.image_size,
@@ -218,16 +207,16 @@ def fit(
         "load_time_s": round(load_time, 3),
     }
     if kind == "sklearn":
-        summary.update(_fit_sklearn(cfg, dm, meta, ckpt_dir, live_dir))
+        summary.update(_fit_sklearn(run, dm, meta, ckpt_dir, live_dir))
     else:
-        summary.update(_fit_lightning(cfg, dm, meta, ckpt_dir, live_dir, resume, callbacks))
+        summary.update(_fit_lightning(run, dm, meta, ckpt_dir, live_dir, resume, callbacks))
     live_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(live_dir / SUMMARY, summary)
     return summary
 
 
 def _fit_lightning(
-    cfg: DictConfig,
+    run: TrainRun,
     dm: ImageDataModule,
     meta: dict[str, Any],
     ckpt_dir: Path,
@@ -235,9 +224,9 @@ def _fit_lightning(
     resume: Path | None,
     callbacks: Sequence[Callback],
 ) -> dict[str, Any]:
-    train = cfg.train
-    module = build_module(cfg, dm, meta)
-    monitor, mode = str(train.monitor), str(train.mode)
+    train = run.train
+    module = build_module(run, dm, meta)
+    monitor, mode = train.monitor, train.mode
     # Two callbacks: since Lightning 2.6 `save_last` only writes when a top-k checkpoint was
     # written in the same step, so a separate one keeps last.ckpt at the latest epoch.
     best = ModelCheckpoint(
@@ -260,24 +249,21 @@ def _fit_lightning(
     )
     timer = StepTimer()
     cbs: list[Callback] = [best, last, timer, *callbacks]
-    stopping = train.get("early_stopping") or {}
-    if stopping.get("patience"):
+    stopping = train.early_stopping
+    if stopping.patience:
         cbs.append(
             EarlyStopping(
-                monitor=monitor,
-                mode=mode,
-                patience=int(stopping["patience"]),
-                min_delta=float(stopping.get("min_delta", 0.0)),
+                monitor=monitor, mode=mode, patience=stopping.patience, min_delta=stopping.min_delta
             )
         )
-    kwargs = _section(cfg, "trainer")
+    kwargs = dict(run.trainer)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     resumed_from = None
     if resume is not None:
         resumed_from = int(ckpts.load_checkpoint(resume).get("epoch", -1)) + 1
     trainer = pl.Trainer(
         **kwargs,
-        max_epochs=int(train.epochs),
+        max_epochs=train.epochs,
         callbacks=cbs,
         logger=DVCLiveLogger(**_live_kwargs(live_dir, resume is not None)),
         default_root_dir=str(ckpt_dir),
@@ -315,7 +301,7 @@ def _fit_lightning(
     best_epoch = int(ckpts.load_checkpoint(best_path).get("epoch", 0)) + 1
     return {
         "epochs_run": epochs_run,
-        "max_epochs": int(train.epochs),
+        "max_epochs": train.epochs,
         "best_epoch": best_epoch,
         "stopped_early": stopped,
         "resumed_from_epoch": resumed_from,
@@ -347,16 +333,15 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 
 
 def _fit_sklearn(
-    cfg: DictConfig, dm: ImageDataModule, meta: dict[str, Any], ckpt_dir: Path, live_dir: Path
+    run: TrainRun, dm: ImageDataModule, meta: dict[str, Any], ckpt_dir: Path, live_dir: Path
 ) -> dict[str, Any]:
-    model = cfg.model
     t0 = time.perf_counter()
     _, metrics, entries = fit_baseline(
         dm,
-        _section(model, "estimator"),
-        _section(model, "features") if model.get("features") is not None else {},
-        seed=int(cfg.seed),
-        imbalance=str(cfg.train.get("imbalance", "class_weights")),
+        run.model.estimator,
+        run.model.features or {},
+        seed=run.seed,
+        imbalance=run.train.imbalance,
     )
     elapsed = time.perf_counter() - t0
     ckpt = {
@@ -369,11 +354,11 @@ def _fit_sklearn(
     with Live(**_live_kwargs(live_dir, resume=False)) as live:
         for name, value in metrics.items():  # one step: dvc.yaml declares plots/metrics for all
             live.log_metric(name, value)
-    monitor = str(cfg.train.monitor)
+    monitor = run.train.monitor
     return {
         "epochs_run": 1,
         "monitor": monitor,
-        "mode": str(cfg.train.mode),
+        "mode": run.train.mode,
         "best_score": metrics.get(monitor),
         "train_time_s": round(elapsed, 3),
         "train_images_per_s": _round(len(dm.sets["train"]) / elapsed if elapsed else None),

@@ -14,7 +14,14 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from ihcflow.model_format import PIXEL_MAX
+
 CKPT_KEY = "ihcflow"  # the checkpoint entry holding what is needed to rebuild the model alone
+
+
+def scale_pixels(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 RGB -> floats in [0, 1], the model's input (:mod:`ihcflow.model_format`)."""
+    return x.to(dtype) / PIXEL_MAX
 
 
 class Normalize(nn.Module):

@@ -1,9 +1,8 @@
 """Rebuild a trained model from its checkpoint alone, predict, embed, and export to ONNX.
 
 Input convention for ``predict_proba``/``embed``: uint8 (N, S, S, 3) RGB, preprocessed like
-the training data (``S = input_size``). ONNX: input ``image`` float32 (N, 3, S, S) RGB in
-[0, 1] (dynamic N); outputs ``probs`` (N, K) and ``embedding`` (N, D). Normalisation is
-inside the graph.
+the training data (``S = input_size``). The ONNX export has the registered model's inputs and
+outputs (:mod:`ihcflow.model_format`, dynamic N); normalisation is inside the graph.
 """
 
 from __future__ import annotations
@@ -21,12 +20,11 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from ihcflow.training.checkpoints import load_checkpoint, model_digest
-from ihcflow.training.module import CKPT_KEY, Normalize
+from ihcflow.model_format import INPUT_NAME, OUTPUT_NAMES
+from ihcflow.training.checkpoints import CheckpointError, load_checkpoint, model_digest
+from ihcflow.training.module import CKPT_KEY, Normalize, scale_pixels
 from ihcflow.training.networks import ImageFeatures
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("probs", "embedding")
 BATCH = 256
 
 
@@ -72,7 +70,7 @@ def _export_torch(module: nn.Module, size: int, path: Path, output_names: list[s
     program.save(str(path), external_data=False)
 
 
-class Predictor:
+class CheckpointPredictor:
     """A model rebuilt from a checkpoint (Lightning network or scikit-learn baseline)."""
 
     def __init__(self, ckpt: dict[str, Any], source: str) -> None:
@@ -83,7 +81,7 @@ class Predictor:
             self.config: dict[str, Any] = dict(meta["config"])
             self.kind: str = str(meta["kind"])
         except KeyError as exc:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: checkpoint lacks {exc.args[0]!r} in {CKPT_KEY!r}"
             ) from None
         self.source = source
@@ -110,7 +108,7 @@ class Predictor:
             # The estimator is a pickle: checkpoints are trusted files this pipeline wrote.
             self.estimator = pickle.loads(ckpt["estimator"])
         else:
-            raise ValueError(f"{source}: unknown model kind {self.kind!r}")
+            raise CheckpointError(f"{source}: unknown model kind {self.kind!r}")
 
     # -- inference -------------------------------------------------------------------------
 
@@ -129,7 +127,7 @@ class Predictor:
                 "(preprocess them like the training data)"
             )
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        return x.to(torch.float32) / 255.0
+        return scale_pixels(x)
 
     @torch.inference_mode()
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +229,6 @@ def _append_sklearn(features: Any, estimator: Any, dim: int) -> Any:
     return merged
 
 
-def load_predictor(ckpt_path: str | os.PathLike[str]) -> Predictor:
+def load_predictor(ckpt_path: str | os.PathLike[str]) -> CheckpointPredictor:
     """Rebuild the model stored in ``ckpt_path`` (a ``best.ckpt``/``last.ckpt`` of train)."""
-    return Predictor(load_checkpoint(ckpt_path), str(ckpt_path))
+    return CheckpointPredictor(load_checkpoint(ckpt_path), str(ckpt_path))

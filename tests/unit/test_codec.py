@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ihcflow.imageio import ImageError, decode_rgb8, encode_png, probe, read_rgb8, verify_decodes
+from ihcflow.images.codec import (
+    ImageError,
+    decode_rgb8,
+    encode_png,
+    probe,
+    read_rgb8,
+    verify_decodes,
+)
 
 
 def pil_bytes(img: Image.Image, fmt: str, **kwargs: object) -> bytes:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ihcflow.imaging.ops import check_rgb, histogram_stats
+from ihcflow.images.ops import check_rgb, histogram_stats
 
 FEATURE_COLUMNS = [
     "brightness",

@@ -1,4 +1,4 @@
-"""File helpers shared by every stage: atomic writes, content hashes, params."""
+"""File helpers shared by every stage: atomic writes, content hashes, reading JSON."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 HASH_CHUNK = 1 << 20
@@ -74,11 +73,6 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_csv_atomic(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``path`` when the block succeeds."""
@@ -100,52 +94,23 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def read_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
-    """A JSON object from ``path``; errors name the file (``what``: what the file is for)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
+def parse_json(text: str, source: str, *, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """A JSON object from ``text``; errors name ``source``."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise error(f"{source}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        raise error(f"{source}: expected a JSON object, found {type(data).__name__}")
     return data
 
 
-def read_csv_table(
-    path: str | os.PathLike[str],
-    columns: Iterable[str],
-    *,
-    error: type[Exception],
-    absent: str,
-) -> pd.DataFrame:
-    """Read a pipeline table (``processed/*.csv``, ``reports/data/*.csv``) as strings, empty
-    cells as ``""``, and check that it has ``columns``.
-
-    Raises ``error`` naming the file: ``"<path>: <absent>"`` when there is no such file, or
-    when it cannot be read as CSV or lacks a column.
-    """
+def read_json(
+    path: str | os.PathLike[str], what: str, *, error: type[Exception] | None = None
+) -> dict[str, Any]:
+    """A JSON object from ``path``; errors name the file (``what``: what the file is for).
+    Raises ``error`` (default: FileNotFoundError when absent, ValueError when not an object)."""
     path = Path(path)
     if not path.is_file():
-        raise error(f"{path}: {absent}")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise error(f"{path}: cannot read as CSV ({exc})") from None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise error(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
-    return frame
-
-
-def load_params(path: str | os.PathLike[str] = "params.yaml") -> DictConfig:
-    """Load the composed ``params.yaml`` (DVC composes it from ``conf/`` on ``dvc exp run``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: params file not found (run from the repository root)")
-    cfg = OmegaConf.load(path)
-    if not isinstance(cfg, DictConfig):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return cfg
+        raise (error or FileNotFoundError)(f"{path}: {what} not found")
+    return parse_json(path.read_text(), str(path), error=error or ValueError)

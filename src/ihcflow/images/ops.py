@@ -2,25 +2,19 @@
 
 Each operation is a small function that checks its input, never modifies it in place, and
 returns a new (H, W, 3) ``uint8`` RGB array (or the input itself when it changes nothing).
-Those that may decline to act return ``(image, applied)``.
-
-:func:`preprocess_image` composes them in the pipeline's order, denoise -> auto_correct ->
-stain_norm -> resize (by default a shrinking resize moves up to right after denoise, see
-there). It is a pure function of ``(rgb, cfg)``: the ``preprocess`` stage and the serving app
-both call it, so a served image is prepared exactly like a training image.
+Those that may decline to act return ``(image, applied)``. Their parameters are explicit;
+:mod:`ihcflow.images.prepare` composes them from the ``preprocess`` params.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
 DENOISE_METHODS = ("none", "median", "gaussian", "bilateral")
-STAIN_METHODS = ("none", "reinhard", "macenko")
-PREPROCESS_KEYS = ("size", "interpolation", "denoise", "auto_correct", "stain_norm")
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "linear": cv2.INTER_LINEAR,
@@ -294,64 +288,3 @@ def resize(rgb: np.ndarray, size: int | tuple[int, int], interpolation: str = "a
     if interpolation == "area" and rgb.shape[0] >= height and rgb.shape[1] >= width:
         return _shrink_area(rgb, width, height)
     return cv2.resize(rgb, (width, height), interpolation=INTERPOLATIONS[interpolation])
-
-
-def preprocess_image(rgb: np.ndarray, cfg: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, bool]]:
-    """Prepare one image for the model: denoise -> auto_correct -> stain_norm -> resize.
-
-    ``cfg`` is the ``preprocess`` params section (a dict or DictConfig). With
-    ``resize_early`` (the default) an image that is being shrunk is resized right after
-    denoising: auto_correct and stain_norm are global colour maps, so they give nearly the
-    same result on the small image at a fraction of the cost, and their thresholds are then
-    judged on the image the model sees. Denoising always runs at native resolution (a median
-    removes single-pixel specks there; after shrinking they would be smeared instead).
-    Returns the ``size x size`` RGB image and what was applied: ``denoised``, ``corrected``,
-    ``stain_normalized``, ``resized_early``.
-    """
-    check_rgb(rgb)
-    missing = [key for key in PREPROCESS_KEYS if key not in cfg]
-    if missing:
-        raise ValueError(f"preprocess params lack {missing} (have {sorted(cfg)})")
-    size, interpolation = int(cfg["size"]), str(cfg["interpolation"])
-    shrinking = rgb.shape[0] * rgb.shape[1] > size * size
-    dn = cfg["denoise"]
-    out = denoise(rgb, dn["method"], dn["ksize"], dn["sigma_color"], dn["sigma_space"])
-    applied = {
-        "denoised": out is not rgb,
-        "corrected": False,
-        "stain_normalized": False,
-        "resized_early": shrinking and bool(cfg.get("resize_early", True)),
-    }
-    if applied["resized_early"]:
-        out = resize(out, size, interpolation)
-    ac = cfg["auto_correct"]
-    if ac["enabled"]:
-        out, applied["corrected"] = auto_correct(
-            out,
-            min_brightness=float(ac["min_brightness"]),
-            max_brightness=float(ac["max_brightness"]),
-            min_contrast=float(ac["min_contrast"]),
-            percentiles=[float(p) for p in ac["percentiles"]],
-            clahe_clip=float(ac["clahe_clip"]),
-            clahe_tiles=int(ac["clahe_tiles"]),
-        )
-    sn = cfg["stain_norm"]
-    method = sn["method"]
-    if method == "reinhard":
-        out, applied["stain_normalized"] = reinhard_normalize(
-            out,
-            [float(v) for v in sn["target_means"]],
-            [float(v) for v in sn["target_stds"]],
-            background_l=float(sn.get("background_l", 230.0)),
-        )
-    elif method == "macenko":
-        out, applied["stain_normalized"] = macenko_normalize(
-            out,
-            reference=str(sn.get("reference", "hdab")),
-            alpha=float(sn.get("alpha", 1.0)),
-            beta=float(sn.get("beta", 0.15)),
-            max_gain=float(sn.get("max_gain", 2.0)),
-        )
-    elif method != "none":
-        raise ValueError(f"stain_norm method {method!r} unknown, expected one of {STAIN_METHODS}")
-    return resize(out, size, interpolation), applied

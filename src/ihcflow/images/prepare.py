@@ -1,0 +1,183 @@
+"""One image, from file bytes to the model's input: the preprocessing the pipeline trains on.
+
+:func:`prepare_image` is the one path from a file to what the model sees, shared by the
+``preprocess`` stage (every training image), the server (every upload) and drift monitoring
+(a folder of new images): decode, measure the drift features on the decoded image (before any
+correction), then :func:`preprocess_image`, which composes the operations of
+:mod:`ihcflow.images.ops` in the pipeline's order from the ``preprocess`` params.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ihcflow.config import ConfigError, plain, typed
+from ihcflow.images.codec import DEFAULT_MAX_PIXELS, decode_rgb8
+from ihcflow.images.features import image_features
+from ihcflow.images.ops import (
+    auto_correct,
+    check_rgb,
+    denoise,
+    macenko_normalize,
+    reinhard_normalize,
+    resize,
+)
+
+STAIN_METHODS = ("none", "reinhard", "macenko")
+NON_PIXEL_PARAMS = ("workers", "cache_dir")  # how the preprocess stage runs, not what it makes
+
+
+@dataclass
+class Denoise:
+    method: str  # none | median | gaussian | bilateral
+    ksize: int
+    sigma_color: float  # bilateral only
+    sigma_space: float
+
+
+@dataclass
+class AutoCorrect:
+    enabled: bool
+    min_brightness: float
+    max_brightness: float
+    min_contrast: float
+    percentiles: list[float]
+    clahe_clip: float
+    clahe_tiles: int
+
+
+@dataclass
+class StainNorm:
+    method: str  # none | reinhard | macenko
+    target_means: list[float]  # Reinhard
+    target_stds: list[float]
+    background_l: float
+    reference: str  # Macenko
+    alpha: float
+    beta: float
+    max_gain: float
+
+
+@dataclass
+class ImageParams:
+    """The part of the ``preprocess`` params that decides the pixels (conf/preprocess/ says
+    what each value does); ``model.json`` records them for the server."""
+
+    size: int
+    interpolation: str
+    resize_early: bool
+    denoise: Denoise
+    auto_correct: AutoCorrect
+    stain_norm: StainNorm
+
+    @classmethod
+    def from_section(cls, node: Any, where: str = "preprocess") -> ImageParams:
+        """From a ``preprocess`` section (``workers`` and ``cache_dir`` are ignored)."""
+        data = plain(node)
+        if isinstance(data, Mapping):
+            data = {k: v for k, v in data.items() if k not in NON_PIXEL_PARAMS}
+        return typed(data, cls, where)
+
+
+def preprocess_image(rgb: np.ndarray, params: ImageParams) -> tuple[np.ndarray, dict[str, bool]]:
+    """Prepare one image for the model: denoise -> auto_correct -> stain_norm -> resize.
+
+    With ``resize_early`` an image that is being shrunk is resized right after denoising:
+    auto_correct and stain_norm are global colour maps, so they give nearly the same result on
+    the small image at a fraction of the cost, and their thresholds are then judged on the
+    image the model sees. Denoising always runs at native resolution (a median removes
+    single-pixel specks there; after shrinking they would be smeared instead). Returns the
+    ``size x size`` RGB image and what was applied: ``denoised``, ``corrected``,
+    ``stain_normalized``, ``resized_early``.
+    """
+    check_rgb(rgb)
+    size, interpolation = params.size, params.interpolation
+    shrinking = rgb.shape[0] * rgb.shape[1] > size * size
+    dn = params.denoise
+    out = denoise(rgb, dn.method, dn.ksize, dn.sigma_color, dn.sigma_space)
+    applied = {
+        "denoised": out is not rgb,
+        "corrected": False,
+        "stain_normalized": False,
+        "resized_early": shrinking and params.resize_early,
+    }
+    if applied["resized_early"]:
+        out = resize(out, size, interpolation)
+    ac = params.auto_correct
+    if ac.enabled:
+        out, applied["corrected"] = auto_correct(
+            out,
+            min_brightness=ac.min_brightness,
+            max_brightness=ac.max_brightness,
+            min_contrast=ac.min_contrast,
+            percentiles=ac.percentiles,
+            clahe_clip=ac.clahe_clip,
+            clahe_tiles=ac.clahe_tiles,
+        )
+    sn = params.stain_norm
+    if sn.method == "reinhard":
+        out, applied["stain_normalized"] = reinhard_normalize(
+            out, sn.target_means, sn.target_stds, background_l=sn.background_l
+        )
+    elif sn.method == "macenko":
+        out, applied["stain_normalized"] = macenko_normalize(
+            out, reference=sn.reference, alpha=sn.alpha, beta=sn.beta, max_gain=sn.max_gain
+        )
+    elif sn.method != "none":
+        raise ValueError(
+            f"stain_norm method {sn.method!r} unknown, expected one of {STAIN_METHODS}"
+        )
+    return resize(out, size, interpolation), applied
+
+
+def check_params(params: ImageParams) -> None:
+    """Fail early, naming the problem, if ``preprocess_image`` cannot run with ``params``
+    (the types are checked when they are read; this catches the values)."""
+    try:
+        preprocess_image(np.full((64, 64, 3), 128, np.uint8), params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"params `preprocess`: {exc}") from None
+
+
+def prepare_image(
+    data: bytes,
+    source: str,
+    params: ImageParams,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    strict: bool = False,
+) -> tuple[np.ndarray, dict[str, float], dict[str, bool]]:
+    """Raw file bytes -> (model-ready RGB image, drift features, what was applied).
+
+    Decode, measure :data:`~ihcflow.images.features.FEATURE_COLUMNS` on the decoded image
+    (before any correction), then :func:`preprocess_image`. ``strict`` also rejects damaged
+    pixel data (the server has no validate stage before it).
+    """
+    rgb, _ = decode_rgb8(data, source, max_pixels=max_pixels, strict=strict)
+    features = image_features(rgb)
+    out, applied = preprocess_image(rgb, params)
+    return out, features, applied
+
+
+def tune_malloc(max_reused: int = 32 << 20) -> bool:
+    """Let glibc keep freed buffers up to ``max_reused`` bytes instead of unmapping them.
+
+    By default each buffer over ~128 KiB (every decoded image and every intermediate array)
+    is mmapped on allocation and unmapped on free, so every image pays page faults for all its
+    arrays again; on a VM that doubled the cost of both decoding and the operations (see
+    benchmarks/preprocess.py). For a process that handles one image after another.
+    Returns whether it applied (glibc only).
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, max_reused)) and bool(
+        mallopt(m_trim_threshold, 2 * max_reused)
+    )
