@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _params(overrides: list[str]) -> Any:
     from omegaconf import OmegaConf
 
-    from ihcflow.io import load_params
+    from ihcflow.config import load_params
 
     params = load_params(ROOT / "params.yaml")
     return OmegaConf.merge(params, OmegaConf.from_dotlist(overrides))
@@ -163,7 +163,7 @@ def _peak_child(work: Path, size: int, cpus: int) -> dict[str, float]:
 def child(work: Path, size: int, cpus: int) -> None:
     import resource
 
-    from ihcflow.io import load_params
+    from ihcflow.config import load_params
     from ihcflow.segmentation.inference import TilingConfig, segment, typed
     from ihcflow.segmentation.instances import PostprocessConfig
 

@@ -7,46 +7,29 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from ihcflow.segmentation.fit import fit_segmentation
 from ihcflow.segmentation.inference import OnnxSessionRunner, TilingConfig, segment
 from ihcflow.segmentation.instances import PostprocessConfig
 from ihcflow.segmentation.predictor import load_seg_predictor, verify_onnx
-from ihcflow.segmentation.sample import generate
+from ihcflow.training import TrainError
 from ihcflow.training import checkpoints as ckpts
-from tests.conftest import REPO
-
-TINY = [
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "segmentation.model.net.channels=[8,16,32]",
-    "segmentation.model.net.strides=[2,2]",
-    "segmentation.train.epochs=2",
-    "segmentation.train.patches_per_epoch=8",
-    "segmentation.train.batch_size=4",
-    "segmentation.train.patch=64",
-    "segmentation.train.val_patches=2",
-]
+from tests.helpers import compose
+from tests.helpers.data import write_nuclei_split
+from tests.helpers.models import SEG_TINY
 
 
 def make_cfg(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*TINY, *overrides])
+    return compose([*SEG_TINY, *overrides])
 
 
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("seg")
-    generate(root / "nuclei", images=4, patients=2, size=96)
-    names = sorted(p.stem for p in (root / "nuclei" / "images").iterdir())
-    pd.DataFrame({"name": names, "split": ["train", "train", "val", "test"]}).to_csv(
-        root / "split.csv", index=False
-    )
+    write_nuclei_split(root)
     return root
 
 
@@ -99,7 +82,5 @@ def test_train_export_and_segment(tiles: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_patch_must_fit_the_network(tiles: Path, tmp_path: Path) -> None:
-    with pytest.raises(
-        ValueError, match="patch 66 is not a multiple of the network's total stride 4"
-    ):
+    with pytest.raises(TrainError, match="66 is not a multiple of the network's total stride 4"):
         _fit(tiles, tmp_path, "segmentation.train.patch=66")

@@ -10,18 +10,17 @@ import torch
 
 from ihcflow.segmentation.datamodule import NucleiDataModule, SegDataError
 from ihcflow.segmentation.labels import IGNORE, SEG_BACKGROUND
-from ihcflow.segmentation.sample import generate
+from ihcflow.training.augment import AugmentParams
+from tests.helpers.data import write_nuclei_split
 
-AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rot90": True, "stain_sigma": 0.1, "stain_bias": 0.02}
+AUGMENT = AugmentParams(0.5, 0.5, True, 0.1, 0.02, 0.0, 0.0, 0.0)
+FLIPS = AugmentParams(0.5, 0.5, True, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("nuclei")
-    generate(root / "nuclei", images=4, patients=2, size=96)
-    names = sorted(p.stem for p in (root / "nuclei" / "images").iterdir())
-    split = pd.DataFrame({"name": names, "split": ["train", "train", "val", "test"]})
-    split.to_csv(root / "split.csv", index=False)
+    write_nuclei_split(root)
     return root
 
 
@@ -65,9 +64,8 @@ def test_patches_depend_on_seed_and_epoch_only(tiles: Path) -> None:
 def test_targets_are_flipped_and_rotated_with_the_image(tiles: Path) -> None:
     """Without colour jitter an augmented patch is an exact flip/rotation of the plain one,
     and its targets are the same flip/rotation of the plain targets."""
-    flips = {"hflip": 0.5, "vflip": 0.5, "rot90": True}
-    dm = _dm(tiles, augment=flips)
-    plain = _dm(tiles, augment={})
+    dm = _dm(tiles, augment=FLIPS)
+    plain = _dm(tiles, augment=None)
     batch = next(iter(dm.train_dataloader()))
     x, seg, pos = dm.prepare_batch(batch, train=True, epoch=0)
     x0, seg0, pos0 = plain.prepare_batch(batch, train=True, epoch=0)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ihcflow.data.importers import DataImportError
-from ihcflow.imageio import encode_png
+from ihcflow.images.codec import encode_png
 from ihcflow.segmentation.importers import import_mask_folder, import_qupath
 from ihcflow.segmentation.labels import NEGATIVE, POSITIVE, UNCLASSIFIED, encode_instances
 from ihcflow.segmentation.layout import validate

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ihcflow.imageio import ImageError
+from ihcflow.images.codec import ImageError
 from ihcflow.segmentation.labels import (
     IGNORE,
     NEGATIVE,

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ihcflow.data.layout import DatasetError
-from ihcflow.imageio import encode_png
+from ihcflow.images.codec import encode_png
 from ihcflow.segmentation.labels import NEGATIVE, POSITIVE, encode_instances
 from ihcflow.segmentation.layout import discover, validate
 

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from ihcflow.data.layout import GIVEN_SPLITS, DatasetError, discover
-from ihcflow.images.codec import encode_png
 from ihcflow.files import atomic_dir
+from ihcflow.images.codec import encode_png
 
 GROUPS_FILE = "groups.csv"
 PNG_COMPRESSION = 6

@@ -37,8 +37,8 @@ import cv2
 import numpy as np
 from skimage.color import rgb_from_hed
 
-from ihcflow.images.codec import encode_png
 from ihcflow.files import atomic_dir
+from ihcflow.images.codec import encode_png
 
 DEFAULT_CLASSES = ("Er", "Her2neu", "Pr", "Ki-67", "Histology")
 PNG_COMPRESSION = 1  # fixed (same pixels, same bytes); higher levels save only ~3% here

@@ -15,8 +15,8 @@ classifier's transforms, ``ihcflow.training.augment``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,16 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ihcflow.imageio import ImageError
-from ihcflow.io import read_csv_table
+from ihcflow.images.codec import ImageError
+from ihcflow.segmentation import layout
 from ihcflow.segmentation.labels import targets
-from ihcflow.segmentation.layout import IMAGES, MASKS, Pair, load_pair, read_classes
 from ihcflow.segmentation.tiling import starts
-from ihcflow.training.augment import Augment, RandFlipRot90
+from ihcflow.tables import NUCLEI_SPLIT, read_table
+from ihcflow.training import TrainError
+from ihcflow.training.augment import Augment, AugmentParams, RandFlipRot90
 
-SPLIT_COLUMNS = ("name", "split")
-_FLIP_KEYS = ("hflip", "vflip", "rot90")
 
-
-class SegDataError(ValueError):
+class SegDataError(TrainError):
     """The split table or a tile it names cannot be used for training."""
 
 
@@ -52,12 +50,11 @@ class Tile:
 def load_tiles(root: Path, names: Sequence[str], boundary_px: int, min_size: int) -> list[Tile]:
     """Decode tiles and build their targets; tiles smaller than ``min_size`` are mirrored
     out to it (image and targets alike)."""
-    classes = read_classes(root, "")
     tiles = []
+    loaded = layout.load_tiles(root, names)
     for name in names:
-        pair = Pair(name, f"{IMAGES}/{name}.png", f"{MASKS}/{name}.png", "")
         try:
-            got = load_pair(root, pair, classes.get(name))
+            _, got = next(loaded)
         except (ImageError, OSError) as exc:
             raise SegDataError(f"{root}: tile {name!r}: {exc}") from None
         seg, pos = targets(got.annotation, boundary_px)
@@ -167,12 +164,7 @@ class GridPatches(Dataset):
 
 
 def read_seg_split(split_csv: str | os.PathLike[str]) -> pd.DataFrame:
-    frame = read_csv_table(
-        split_csv,
-        SPLIT_COLUMNS,
-        error=SegDataError,
-        absent="split table not found (run the segmentation split stage first)",
-    )
+    frame = read_table(split_csv, NUCLEI_SPLIT, columns=("name", "split"), error=SegDataError)
     for split in ("train", "val"):
         if not (frame["split"] == split).any():
             raise SegDataError(f"{split_csv}: no {split!r} tiles; training needs both")
@@ -190,7 +182,7 @@ class NucleiDataModule(pl.LightningDataModule):
         patches_per_epoch: int,
         val_patches: int,
         boundary_px: int,
-        augment: Mapping[str, Any] | None = None,
+        augment: AugmentParams | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -205,11 +197,10 @@ class NucleiDataModule(pl.LightningDataModule):
         self.patch, self.batch_size = patch, batch_size
         self.patches_per_epoch, self.val_patches = patches_per_epoch, val_patches
         self.boundary_px, self.seed = boundary_px, seed
-        cfg = dict(augment or {})
-        self.flips = RandFlipRot90(
-            float(cfg.get("hflip", 0.0)), float(cfg.get("vflip", 0.0)), bool(cfg.get("rot90"))
-        )
-        self.colour = Augment({k: v for k, v in cfg.items() if k not in _FLIP_KEYS})
+        # image and targets flip and rotate together; only the image's colours are jittered
+        a = augment or AugmentParams(0.0, 0.0, False, 0.0, 0.0, 0.0, 0.0, 0.0)
+        self.flips = RandFlipRot90(a.hflip, a.vflip, a.rot90)
+        self.colour = Augment(replace(a, hflip=0.0, vflip=0.0, rot90=False))
         self.frame = read_seg_split(self.split_csv)
         self.sets: dict[str, Dataset] = {}
         self.counts: dict[str, int] = {}

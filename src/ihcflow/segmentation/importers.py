@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ihcflow.data.importers import DataImportError, is_inside, swap_in
-from ihcflow.imageio import IMAGE_SUFFIXES, ImageError, probe
+from ihcflow.images.codec import IMAGE_SUFFIXES, ImageError, probe
 from ihcflow.segmentation.labels import (
     CLASSES_COLUMNS,
     CLASSES_FILE,

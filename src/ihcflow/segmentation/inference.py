@@ -7,8 +7,7 @@ Runtime session for the registered model. Normalisation is inside the network.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ INPUT_NAME = "image"  # float32 (N, 3, H, W) RGB in [0, 1]
 OUTPUT_NAME = "probs"  # float32 (N, 4, H, W): instances.CHANNELS
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: ihcflow.config.typed reads it from params
 class TilingConfig:
     roi: int = 256  # window side (px): a multiple of the network's total stride (16)
     overlap: float = 0.25  # of the window side: border pixels of a window see less context
@@ -37,16 +36,6 @@ class TilingConfig:
             raise ValueError(f"tiling.batch is {self.batch}, expected >= 1")
         if self.blend not in MODES:
             raise ValueError(f"tiling.blend is {self.blend!r}, expected one of {MODES}")
-
-
-def typed(cls: type, values: Mapping[str, Any] | None, section: str) -> Any:
-    """Build the dataclass ``cls`` from a params mapping; an unknown key is an error."""
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{section}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ BACKGROUND, INTERIOR, BOUNDARY, POSITIVITY = range(4)
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: ihcflow.config.typed reads it from params
 class PostprocessConfig:
     foreground: float = 0.5  # P(nucleus) = 1 - P(background) a nucleus pixel needs
     seed: float = 0.5  # P(interior) of a seed pixel

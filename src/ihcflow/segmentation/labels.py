@@ -24,13 +24,16 @@ import io
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pandas as pd
 from PIL import Image
 
-from ihcflow.imageio import DEFAULT_MAX_PIXELS, ImageError, probe
+from ihcflow.images.codec import DEFAULT_MAX_PIXELS, ImageError, probe
+
+if TYPE_CHECKING:  # the server imports this module, and not pandas
+    import pandas as pd
 
 UNCLASSIFIED, NEGATIVE, POSITIVE = 0, 1, 2  # nucleus classes (class map values 1 and 2)
 CLASS_NAMES = {UNCLASSIFIED: "unclassified", NEGATIVE: "negative", POSITIVE: "positive"}

@@ -18,7 +18,7 @@ A pair is rejected with one reason: the image's (``empty``, ``not_an_image``, ``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ihcflow.data.layout import GIVEN_SPLITS, DatasetError
-from ihcflow.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, decode_rgb8
+from ihcflow.images.codec import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, decode_rgb8
 from ihcflow.segmentation.labels import (
     CLASSES_FILE,
     Annotation,
@@ -205,6 +205,14 @@ def load_pair(
         hashlib.sha256(image_bytes).hexdigest(),
         hashlib.sha256(mask_bytes).hexdigest(),
     )
+
+
+def load_tiles(root: Path, names: Iterable[str]) -> Iterator[tuple[str, Loaded]]:
+    """Tiles of a folder in layout 1 with PNG files (what the seg_prepare stage writes)."""
+    classes = read_classes(root, "")
+    for name in names:
+        pair = Pair(name, f"{IMAGES}/{name}.png", f"{MASKS}/{name}.png", "")
+        yield name, load_pair(root, pair, classes.get(name))
 
 
 def check_pair(

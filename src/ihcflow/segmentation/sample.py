@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ihcflow.data import synth
-from ihcflow.imageio import encode_png
-from ihcflow.io import atomic_dir
+from ihcflow.files import atomic_dir
+from ihcflow.images.codec import encode_png
 from ihcflow.segmentation.labels import (
     CLASSES_COLUMNS,
     CLASSES_FILE,
