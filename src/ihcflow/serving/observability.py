@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # Endpoints are labelled by route, never by raw path (an unknown path would add a series).
-ENDPOINTS = frozenset({"/predict", "/model", "/healthz", "/readyz", "/metrics", "/docs",
+ENDPOINTS = frozenset({"/predict", "/segment", "/model", "/healthz", "/readyz", "/metrics", "/docs",
                        "/openapi.json", "/docs/oauth2-redirect", "/redoc"})  # fmt: skip
 LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
