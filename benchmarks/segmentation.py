@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # ihcflow, and tests.helpers for generated data
 
 
 def _params(overrides: list[str]) -> Any:
@@ -55,7 +56,7 @@ def big_image(size: int, seed: int = 0) -> np.ndarray:
     """A ``size`` px square of generated nuclei tiles (448 px each, mirrored to fill)."""
     from ihcflow.data.synth import render_image
 
-    tile = render_image("Ki-67", seed, patients=10, size=448)
+    tile = render_image("Ki-67", seed, patients=10, size=448)  # the nuclei sample's tiles
     reps = -(-size // 448)
     row = np.concatenate([tile, tile[:, ::-1]] * (reps // 2 + 1), axis=1)
     grid = np.concatenate([row, row[::-1]] * (reps // 2 + 1), axis=0)
@@ -63,15 +64,10 @@ def big_image(size: int, seed: int = 0) -> np.ndarray:
 
 
 def train(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import pandas as pd
-
     from ihcflow.segmentation.fit import fit_segmentation
-    from ihcflow.segmentation.sample import generate
+    from tests.helpers.data import write_nuclei_split
 
-    generate(work / "nuclei", images=args.tiles, patients=max(2, args.tiles // 2))
-    names = sorted(p.stem for p in (work / "nuclei" / "images").iterdir())
-    split = ["val" if i == 0 else "train" for i in range(len(names))]
-    pd.DataFrame({"name": names, "split": split}).to_csv(work / "split.csv", index=False)
+    write_nuclei_split(work, images=args.tiles, patients=max(2, args.tiles // 2), size=448)
     params = _params(
         [
             "trainer.enable_progress_bar=false",
@@ -102,30 +98,24 @@ def train(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _onnx_runner(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
+    """The server's session (``model_format.onnx_session``) behind the tiling's runner."""
+    from ihcflow.model_format import onnx_session
     from ihcflow.segmentation.inference import OnnxSessionRunner
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    return OnnxSessionRunner(session)
+    return OnnxSessionRunner(onnx_session(path, threads=threads))
 
 
 def inference(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from ihcflow.segmentation.inference import TilingConfig, typed
-    from ihcflow.segmentation.instances import PostprocessConfig, to_annotation
+    from ihcflow.segmentation.instances import to_annotation
+    from ihcflow.segmentation.params import postprocess_params, tiling_params
     from ihcflow.segmentation.predictor import load_seg_predictor
     from ihcflow.segmentation.tiling import predict_tiled
 
     torch.set_num_threads(args.cpus)
     params = _params([])
-    tiling = typed(TilingConfig, params.segmentation.tiling, "segmentation.tiling")
-    post = typed(PostprocessConfig, params.segmentation.postprocess, "segmentation.postprocess")
+    tiling, post = tiling_params(params), postprocess_params(params)
     predictor = load_seg_predictor(work / "ckpt" / "best.ckpt")
     predictor.export_onnx(work / "model.onnx")
     runners = {"torch": predictor.runner(), "onnx": _onnx_runner(work / "model.onnx", args.cpus)}
@@ -164,12 +154,11 @@ def child(work: Path, size: int, cpus: int) -> None:
     import resource
 
     from ihcflow.config import load_params
-    from ihcflow.segmentation.inference import TilingConfig, segment, typed
-    from ihcflow.segmentation.instances import PostprocessConfig
+    from ihcflow.segmentation.inference import segment
+    from ihcflow.segmentation.params import postprocess_params, tiling_params
 
     params = load_params(ROOT / "params.yaml")
-    tiling = typed(TilingConfig, params.segmentation.tiling, "segmentation.tiling")
-    post = typed(PostprocessConfig, params.segmentation.postprocess, "segmentation.postprocess")
+    tiling, post = tiling_params(params), postprocess_params(params)
     runner = _onnx_runner(work / "model.onnx", cpus)
     result: dict[str, float] = {}
     if size:

@@ -66,6 +66,24 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_nuclei(args: argparse.Namespace) -> int:
+    from ihcflow.data.provenance import version_import
+    from ihcflow.segmentation import importers
+
+    src, out = Path(args.src), Path(args.out)
+    if args.qupath:
+        summary = importers.import_qupath(src, Path(args.qupath), out, replace=args.replace)
+    else:
+        summary = importers.import_mask_folder(src, out, replace=args.replace)
+    print(summary.describe())
+    dvc_file = version_import(out, summary, src)
+    if dvc_file is None:
+        print(f"{out} is not in a DVC project: not versioned (`dvc init`, then import again)")
+    else:
+        print(f"`dvc add {args.out}` done; next: `git add {dvc_file.name} && git commit`")
+    return 0
+
+
 def _cmd_get(args: argparse.Namespace) -> int:
     from ihcflow.data.fetch import get_data, nuclei_sample, pull_if_remote
 
@@ -132,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the segmentation data folder (nuclei.dvc; the nuclei sample); '' to skip it",
     )
     get.set_defaults(func=_cmd_get)
+
+    nuc = data_sub.add_parser(
+        "import-nuclei",
+        help="copy a segmentation set (images/ + masks/, or images with QuPath GeoJSON "
+        "exports) into nuclei/ and `dvc add` it",
+    )
+    nuc.add_argument("src", help="folder with images/ and masks/ (or the images, with --qupath)")
+    nuc.add_argument("--qupath", help="folder of QuPath GeoJSON exports, one per image")
+    nuc.add_argument("--out", default="nuclei")
+    nuc.add_argument("--replace", action="store_true", help="replace a non-empty --out")
+    nuc.set_defaults(func=_cmd_import_nuclei)
 
     syn = data_sub.add_parser("synth", help="write the deterministic synthetic IHC sample")
     syn.add_argument("--out", default="data")

@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ihcflow.config import section
@@ -29,7 +30,7 @@ from ihcflow.segmentation.params import (
 )
 from ihcflow.segmentation.sample import generate
 from ihcflow.split import SplitParams
-from tests.helpers import compose, load_stage
+from tests.helpers import BIN, compose, load_stage, run_cmd
 from tests.helpers.data import png_bytes
 from tests.helpers.models import SEG_TINY, write_model
 from tests.helpers.server import Server, run_server
@@ -238,3 +239,20 @@ def test_segment_has_the_predict_auth_limits_and_errors(
     assert {"401", "415", "413"} <= served
     access = [r for r in server.logs() if r["logger"] == "ihcflow.serving.access"]
     assert any(r["path"] == "/segment" and r["error"] == "not_an_image" for r in access)
+
+
+def test_import_nuclei_copies_and_versions_a_masks_folder(tmp_path: Path) -> None:
+    generate(tmp_path / "src", images=3, patients=1, size=64)
+    project = tmp_path / "project"
+    project.mkdir()
+    run_cmd(["git", "init", "-q"], project)
+    run_cmd([str(BIN / "dvc"), "init", "-q"], project)
+    out = run_cmd(
+        [str(BIN / "ihcflow"), "data", "import-nuclei", str(tmp_path / "src")], project
+    ).stdout
+    assert "imported 3 images with masks" in out
+    meta = yaml.safe_load((project / "nuclei.dvc").read_text())["meta"]
+    assert meta["source"] == "ihcflow data import" and meta["imported"]["images"] == 3
+    assert sorted(p.name for p in (project / "nuclei" / "masks").iterdir()) == sorted(
+        p.name for p in (tmp_path / "src" / "masks").iterdir()
+    )

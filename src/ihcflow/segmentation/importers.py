@@ -40,8 +40,17 @@ class SegImportSummary:
     features_skipped: Counter[str] = field(default_factory=Counter)
     replaced_to: Path | None = None
 
+    @property
+    def n_images(self) -> int:
+        return sum(self.images.values())
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Tiles per given split ("all" in layout 1), as nuclei.dvc's meta records them."""
+        return {(split or "all"): {"tiles": n} for split, n in self.images.items()}
+
     def describe(self) -> str:
-        total = sum(self.images.values())
+        total = self.n_images
         lines = [f"imported {total} images with masks into {self.dest} (layout {self.layout})"]
         if self.layout == 2:
             lines.append("  " + ", ".join(f"{s}: {n}" for s, n in self.images.items()))
