@@ -10,5 +10,11 @@ Modules, in the order data flows through them:
 - ``tiling`` and ``instances``: sliding-window inference (any runner: torch or ONNX Runtime)
   and the probabilities -> nuclei post-processing. No torch: the server uses them.
 - ``metrics`` and ``overlay``: pixel Dice/IoU, AJI, PQ, F1, the Ki-67 index error; contours.
-- ``datamodule``, ``module``, ``predictor``, ``fit``: training with Lightning, export to ONNX.
+- ``params``: the ``segmentation`` params section as typed configs.
+- ``prepare``: the seg_prepare and seg_split stages' logic (checked tiles, the split).
+- ``datamodule``, ``module``, ``predictor``, ``fit``: training with Lightning (the classifier's
+  loop, ``training.lightning``), export to ONNX.
+- ``evaluation``: the seg_evaluate stage (post-processing chosen on val, test metrics).
+- ``model_format`` and ``register``: the registered model (read by the server without torch)
+  and the seg_register stage (the classifier's gate, versioning and swap).
 """
