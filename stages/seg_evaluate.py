@@ -4,7 +4,7 @@ Reads the best checkpoint, processed/nuclei_split.csv and processed/nuclei/; run
 window over each whole tile, chooses the post-processing thresholds on the validation tiles
 (best AJI) and writes reports/segmentation/metrics.json (Dice, IoU, AJI, PQ, F1, Ki-67 index
 error; the chosen post-processing), per_image.csv and overlays/ (true contours green,
-predicted yellow/red).
+predicted cyan/red: negative/positive).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import numpy as np
 from ihcflow.segmentation.labels import POSITIVE, Annotation
 
 TRUE_COLOUR = (0, 200, 0)  # green: the annotation
-PRED_COLOURS = {False: (0, 220, 255), True: (255, 40, 40)}  # predicted negative, positive
+PRED_COLOURS = {False: (0, 220, 255), True: (255, 40, 40)}  # RGB: negative cyan, positive red
 _SQUARE = np.ones((3, 3), np.uint8)
 
 
@@ -21,7 +21,7 @@ def contours(instances: np.ndarray) -> np.ndarray:
 
 def draw(image: np.ndarray, true: Annotation | None, pred: Annotation) -> np.ndarray:
     """A copy of ``image`` (H, W, 3 uint8 RGB) with true outlines in green and predicted ones
-    in yellow (negative) or red (positive), predicted drawn last."""
+    in cyan (negative) or red (positive), predicted drawn last."""
     out = image.copy()
     if true is not None:
         out[contours(true.instances)] = TRUE_COLOUR
