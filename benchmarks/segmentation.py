@@ -16,7 +16,8 @@ Uses the pipeline's own code and config (``conf/segmentation``, ``params.yaml``)
    (decode excluded: the image is generated in it) and reports its peak resident memory, beside
    one for a 1000 x 1000 image and one that only loads the model: what tiling bounds is the
    network's share (the window batch), so the growth with image size is the per-pixel
-   probability maps, labels and the image itself.
+   probability maps, labels and the image itself. ``--memory-only MODEL`` runs this part alone
+   with a registered model.
 
 Everything runs on ``--cpus`` cores (this process's affinity, inherited by its children).
 Figures come from a shared machine: rerun before comparing. Also writes
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,9 +152,16 @@ def _peak_child(work: Path, size: int, cpus: int) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def child(work: Path, size: int, cpus: int) -> None:
-    import resource
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM). Not ``ru_maxrss``: Linux keeps that across
+    exec, so a child started by this (torch-loaded) process would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
+
+def child(work: Path, size: int, cpus: int) -> None:
     from ihcflow.config import load_params
     from ihcflow.segmentation.inference import segment
     from ihcflow.segmentation.params import postprocess_params, tiling_params
@@ -167,7 +176,7 @@ def child(work: Path, size: int, cpus: int) -> None:
         seg = segment(image, runner, tiling, post)
         result["seconds"] = round(time.perf_counter() - t0, 2)
         result["nuclei"] = seg.annotation.count
-    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(result))
 
 
@@ -195,6 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big", type=int, default=4000, help="memory test image side (px)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/segmentation.json")
+    parser.add_argument(
+        "--memory-only",
+        type=Path,
+        help="only the memory test, with this model.onnx (e.g. models/segmentation/model.onnx)",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -207,6 +221,12 @@ def main(argv: list[str] | None = None) -> None:
         child(args.work, args.child, args.cpus)
         return
     report: dict[str, Any] = {"cpus": args.cpus}
+    if args.memory_only is not None:
+        with tempfile.TemporaryDirectory(prefix="seg-bench-") as tmp:
+            shutil.copyfile(args.memory_only, Path(tmp) / "model.onnx")
+            report["memory"] = memory(Path(tmp), args)
+        print(f"memory: {json.dumps(report['memory'])}", flush=True)
+        return
     with tempfile.TemporaryDirectory(prefix="seg-bench-") as tmp:
         work = Path(tmp)
         report["train"] = train(work, args)
