@@ -35,7 +35,7 @@ from ihcflow.reporting.format import markdown_table, number
 from ihcflow.segmentation.inference import TilingConfig
 from ihcflow.segmentation.model_format import TASK, input_spec, output_spec
 from ihcflow.segmentation.predictor import SegPredictor, verify_onnx
-from ihcflow.tables import NUCLEI_SPLIT, NUCLEI_TILES, SEG_HEADLINE_METRICS, read_table
+from ihcflow.tables import NUCLEI_SPLIT, NUCLEI_TILES, SEG_HEADLINE_METRICS, SPLITS, read_table
 
 DATA_FILE = "nuclei.dvc"
 
@@ -144,7 +144,8 @@ def data_hash(root: Path, tiles_csv: Path) -> dict[str, str]:
 
 def split_counts(split_csv: Path) -> dict[str, int]:
     frame = read_table(split_csv, NUCLEI_SPLIT, error=RegisterError)
-    return {str(k): int(v) for k, v in frame["split"].value_counts().sort_index().items()}
+    counts = frame["split"].value_counts()
+    return {s: int(counts[s]) for s in SPLITS if s in counts}
 
 
 def model_card(
