@@ -1,4 +1,4 @@
-# The model server: the registered model (models/model.onnx + model.json) baked into a slim
+# The model server: the registered models (models/ and models/segmentation/) baked into a slim
 # image without torch. Build from the repository root after `dvc repro` registered a model:
 #   docker build -t ihcflow-serve:$(jq -r .version models/model.json) .
 #   docker run -p 8000:8000 -e IHCFLOW_TOKEN=... ihcflow-serve:1.0.0
@@ -29,6 +29,10 @@ RUN pip install --no-cache-dir -c requirements.lock ".[serve]" \
 # ... then the model, checked by loading it exactly as the server will.
 COPY models/model.onnx models/model.json models/MODEL_CARD.md /models/
 RUN python -m ihcflow.serving --model-dir /models --check
+# ... and the nuclei segmentation model (POST /segment), loaded the same way.
+COPY models/segmentation/model.onnx models/segmentation/model.json \
+     models/segmentation/MODEL_CARD.md /models/segmentation/
+RUN python -c "from ihcflow.segmentation.model_format import SegModel as M; M.load('/models/segmentation')"
 
 # --- runtime: the venv and the model, nothing else ---------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -46,6 +50,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     IHCFLOW_MODEL_DIR=/app/models \
+    IHCFLOW_SEGMENTATION_MODEL_DIR=/app/models/segmentation \
     IHCFLOW_LOG_DIR=/var/log/ihcflow/predictions \
     IHCFLOW_HOST=0.0.0.0 \
     IHCFLOW_PORT=8000

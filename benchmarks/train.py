@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]  # ihcflow, and tests.helpers for generated data
 
 from ihcflow.training.datamodule import ImageDataModule  # noqa: E402
-from ihcflow.training.fit import StepTimer, build_datamodule, build_module  # noqa: E402
+from ihcflow.training.fit import build_datamodule, build_module  # noqa: E402
+from ihcflow.training.lightning import StepTimer  # noqa: E402
 from ihcflow.training.module import ImageClassifier  # noqa: E402
 from ihcflow.training.params import TrainRun  # noqa: E402
 from tests.helpers.data import write_toy_split  # noqa: E402

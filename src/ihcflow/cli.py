@@ -12,12 +12,17 @@ from omegaconf import OmegaConf
 ROOT_MARKERS = ("dvc.yaml", "conf")
 
 
-def _synth_defaults(root: Path) -> dict[str, Any]:
-    """`data.synth` from params.yaml, else from conf/data/default.yaml."""
-    for path, key in (
-        (root / "params.yaml", "data.synth"),
-        (root / "conf/data/default.yaml", "synth"),
-    ):
+def _synth_defaults(root: Path, task: str = "data") -> dict[str, Any]:
+    """`data.synth` (`segmentation.data.synth` for the nuclei sample) from params.yaml, else
+    from conf/."""
+    sources = {
+        "data": ((root / "params.yaml", "data.synth"), (root / "conf/data/default.yaml", "synth")),
+        "segmentation": (
+            (root / "params.yaml", "segmentation.data.synth"),
+            (root / "conf/segmentation/default.yaml", "data.synth"),
+        ),
+    }
+    for path, key in sources[task]:
         if path.is_file():
             node = OmegaConf.select(OmegaConf.load(path), key)
             if node is not None:
@@ -61,13 +66,42 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_get(args: argparse.Namespace) -> int:
-    from ihcflow.data.fetch import get_data
+def _cmd_import_nuclei(args: argparse.Namespace) -> int:
+    from ihcflow.data.provenance import version_import
+    from ihcflow.segmentation import importers
 
-    result = get_data(Path.cwd(), _synth_defaults(Path.cwd()), data=args.data)
+    src, out = Path(args.src), Path(args.out)
+    if args.qupath:
+        summary = importers.import_qupath(src, Path(args.qupath), out, replace=args.replace)
+    else:
+        summary = importers.import_mask_folder(src, out, replace=args.replace)
+    print(summary.describe())
+    dvc_file = version_import(out, summary, src)
+    if dvc_file is None:
+        print(f"{out} is not in a DVC project: not versioned (`dvc init`, then import again)")
+    else:
+        print(f"`dvc add {args.out}` done; next: `git add {dvc_file.name} && git commit`")
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    from ihcflow.data.fetch import get_data, nuclei_sample, pull_if_remote
+
+    root = Path.cwd()
+    result = get_data(root, _synth_defaults(root), data=args.data, pull=False)
     print(f"data: {result.message}")
-    if result.outputs is not None:
-        print(f"outputs: {result.outputs}")
+    if args.nuclei:
+        nuclei = get_data(
+            root,
+            _synth_defaults(root, "segmentation"),
+            data=args.nuclei,
+            generate=nuclei_sample,
+            pull=False,
+        )
+        print(f"nuclei: {nuclei.message}")
+    outputs = pull_if_remote(root)
+    if outputs is not None:
+        print(f"outputs: {outputs}")
     return 0
 
 
@@ -105,11 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = data_sub.add_parser(
         "get",
-        help="make data/ match data.dvc (cache, remote, or the sample); with a remote, "
+        help="make data/ and nuclei/ match data.dvc and nuclei.dvc (cache, remote, or the "
+        "samples); with a remote, "
         "also pull the pipeline outputs dvc.lock records",
     )
     get.add_argument("--data", default="data")
+    get.add_argument(
+        "--nuclei",
+        default="nuclei",
+        help="the segmentation data folder (nuclei.dvc; the nuclei sample); '' to skip it",
+    )
     get.set_defaults(func=_cmd_get)
+
+    nuc = data_sub.add_parser(
+        "import-nuclei",
+        help="copy a segmentation set (images/ + masks/, or images with QuPath GeoJSON "
+        "exports) into nuclei/ and `dvc add` it",
+    )
+    nuc.add_argument("src", help="folder with images/ and masks/ (or the images, with --qupath)")
+    nuc.add_argument("--qupath", help="folder of QuPath GeoJSON exports, one per image")
+    nuc.add_argument("--out", default="nuclei")
+    nuc.add_argument("--replace", action="store_true", help="replace a non-empty --out")
+    nuc.set_defaults(func=_cmd_import_nuclei)
 
     syn = data_sub.add_parser("synth", help="write the deterministic synthetic IHC sample")
     syn.add_argument("--out", default="data")

@@ -16,7 +16,7 @@ git), so a change to the format is made here once.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,29 @@ def output_spec(n_classes: int, embed_dim: int) -> dict[str, list[Any]]:
     return {"probs": ["N", int(n_classes)], "embedding": ["N", int(embed_dim)]}
 
 
+def onnx_session(path: str | Path, *, threads: int | None = None, spinning: bool = False) -> Any:
+    """An ONNX Runtime CPU session of ``path``; ``threads`` and ``spinning`` as in
+    :class:`OnnxModel` (which, and the segmentation model, run on it)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: warnings would land in the request log
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep instead of spinning: decoding and preprocessing share the cores.
+        spin = "1" if spinning else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own types for a bad graph
+        raise ModelFormatError(f"{path}: ONNX Runtime cannot load the model: {exc}") from None
+
+
 class OnnxModel:
     """``model.onnx`` on ONNX Runtime's CPU provider, its inputs and outputs checked.
 
@@ -73,25 +96,8 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None, spinning: bool = False):
-        import onnxruntime as ort
-
         self.path = Path(path)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # errors only: warnings would land in the request log
-        if threads is not None:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Idle threads sleep instead of spinning: decoding and preprocessing share the cores.
-            spin = "1" if spinning else "0"
-            opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own types for a bad graph
-            raise ModelFormatError(f"{path}: ONNX Runtime cannot load the model: {exc}") from None
+        self.session = onnx_session(path, threads=threads, spinning=spinning)
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [INPUT_NAME]:
@@ -122,10 +128,16 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
     return onnx_path, onnx_path.with_name(JSON_NAME)
 
 
-def read_model_info(path: str | Path, *, missing_hint: str = "run the register stage") -> dict:
+def read_model_info(
+    path: str | Path,
+    *,
+    missing_hint: str = "run the register stage",
+    check: Callable[[Mapping[str, Any], Path], None] | None = None,
+) -> dict:
     """``model.json`` of the model at ``path`` (see :func:`model_files`), checked: it has
     :data:`REQUIRED` with the right types, ``preprocess.size`` (when recorded) is the input
-    size, and ``model.onnx`` is there with the sha256 ``model.json`` records."""
+    size (``check`` replaces these checks for another task), and ``model.onnx`` is there
+    with the sha256 ``model.json`` records."""
     onnx_path, json_path = model_files(path)
     if not json_path.is_file():
         raise ModelFormatError(f"{json_path}: no registered model ({missing_hint})")
@@ -135,7 +147,7 @@ def read_model_info(path: str | Path, *, missing_hint: str = "run the register s
         raise ModelFormatError(f"{json_path}: cannot read model.json: {exc}") from None
     if not isinstance(info, dict):
         raise ModelFormatError(f"{json_path}: expected a JSON object")
-    _check_info(info, json_path)
+    (check or _check_info)(info, json_path)
     if not onnx_path.is_file():
         raise ModelFormatError(f"{onnx_path}: model file missing ({JSON_NAME} is there)")
     expected = (info.get("onnx") or {}).get("sha256")

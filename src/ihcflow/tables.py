@@ -71,6 +71,22 @@ PREDICTIONS = Table(
 GROUPS = Table("groups file", "data/groups.csv", "", ("path", "group"))
 IMAGES_DIR = "processed/images"  # the preprocess stage's images, one per raw image's sha256
 
+# The nuclei segmentation task (ihcflow.segmentation): its tables and reports.
+NUCLEI_TILES = Table(
+    "nuclei tile table",
+    "processed/nuclei/tiles.csv",
+    "seg_prepare",
+    ("name", "given_split", "width", "height", "nuclei", "classified", "positive",
+     "image_sha256", "mask_sha256"),
+)  # fmt: skip
+NUCLEI_SPLIT = Table(
+    "nuclei split table", "processed/nuclei_split.csv", "seg_split", ("name", "split", "group")
+)
+NUCLEI_DIR = "processed/nuclei"  # seg_prepare's tiles: images/<name>.png, masks/<name>.png
+SEG_METRICS = "reports/segmentation/metrics.json"
+SEG_PER_IMAGE = "reports/segmentation/per_image.csv"
+SEG_HEADLINE_METRICS = ("dice", "iou", "aji", "pq", "f1", "ki67_error_mean", "ki67_error_max")
+
 METRICS = "reports/metrics.json"
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro", "cohen_kappa")
 PER_CLASS_METRICS = ("precision", "recall", "f1", "auroc", "support")

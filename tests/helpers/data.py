@@ -277,3 +277,17 @@ def draw(
     else:
         current = features(images, classes, cur_rows, change)
     return reference, Table(current, None, "cur", "logs")
+
+
+def write_nuclei_split(root: Path, *, images: int = 4, patients: int = 2, size: int = 96) -> Path:
+    """The nuclei sample (``ihcflow.segmentation.sample``) in ``root/nuclei`` and a split table
+    ``root/split.csv`` (tiles in name order: 2 train, then val, test, the rest train)."""
+    from ihcflow.segmentation.sample import generate
+
+    generate(root / "nuclei", images=images, patients=patients, size=size)
+    names = sorted(p.stem for p in (root / "nuclei" / "images").iterdir())
+    splits = (["train", "train", "val", "test"] + ["train"] * len(names))[: len(names)]
+    pd.DataFrame({"name": names, "split": splits, "group": names}).to_csv(
+        root / "split.csv", index=False
+    )
+    return root / "split.csv"

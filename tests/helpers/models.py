@@ -196,3 +196,18 @@ def write_model(folder: Path, **changes: Any) -> Path:
     info.update(changes)
     (folder / "model.json").write_text(json.dumps(info))
     return folder
+
+
+# A U-Net small enough to train in seconds (overrides of conf/segmentation).
+SEG_TINY = (
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "segmentation.model.net.channels=[8,16,32]",
+    "segmentation.model.net.strides=[2,2]",
+    "segmentation.train.epochs=2",
+    "segmentation.train.patches_per_epoch=8",
+    "segmentation.train.batch_size=4",
+    "segmentation.train.patch=64",
+    "segmentation.train.val_patches=2",
+    "segmentation.tiling.roi=64",
+)

@@ -13,7 +13,10 @@ from tests.helpers import BIN, run_cmd
 
 IHCFLOW = str(BIN / "ihcflow")
 DVC = str(BIN / "dvc")
-STAGES = ["validate", "preprocess", "split", "train", "evaluate", "register"]
+CLASSIFIER_STAGES = ["validate", "preprocess", "split", "train", "evaluate", "register"]
+SEG_STAGES = ["seg_prepare", "seg_split", "seg_train", "seg_evaluate", "seg_register"]
+STAGES = CLASSIFIER_STAGES + SEG_STAGES  # the order `dvc repro` runs them in
+NUCLEI_SAMPLE = {"images": 8, "patients": 4, "size": 96}  # the nuclei sample, small
 TINY_SAMPLE = ("--per-class", "10", "--patients", "5", "--size", "96")  # 50 images
 SMALL_SAMPLE = ("--per-class", "60", "--patients", "12")  # 300 images, 50 of them test
 # A few epochs do not make a good model: the gate is opened, these tests are about the wiring.
@@ -27,7 +30,29 @@ GATE_OPEN = {
         "min_class_recall",
     )
 }
-SMALL = {"preprocess.size": 32, "train.early_stopping.patience": None, "gate.verify_images": 4}
+GATE_OPEN.update(
+    {
+        f"segmentation.gate.{key}": None
+        for key in ("min_dice", "min_aji", "min_pq", "min_f1", "max_ki67_error_mean")
+    }
+)
+SMALL = {
+    "preprocess.size": 32,
+    "train.early_stopping.patience": None,
+    "gate.verify_images": 4,
+    # a U-Net that trains in seconds (tests/helpers/models.SEG_TINY)
+    "segmentation.model.net.channels": [8, 16, 32],
+    "segmentation.model.net.strides": [2, 2],
+    "segmentation.train.epochs": 2,
+    "segmentation.train.patches_per_epoch": 8,
+    "segmentation.train.batch_size": 4,
+    "segmentation.train.patch": 64,
+    "segmentation.train.val_patches": 2,
+    "segmentation.tiling.roi": 64,
+    "segmentation.split.val": 0.25,
+    "segmentation.split.test": 0.25,
+    "segmentation.gate.verify_images": 2,
+}
 
 
 def ran_stages(output: str) -> list[str]:
@@ -51,19 +76,24 @@ def overrides(**params: object) -> list[str]:
     the gate opened, and ``params``."""
     args = []
     for key, value in {**SMALL, **GATE_OPEN, **params}.items():
-        args += ["-S", f"{key}={'null' if value is None else value}"]
+        text = "null" if value is None else str(value).replace(" ", "")
+        args += ["-S", f"{key}={text}"]
     return args
 
 
 def sample_project(
     project: Callable[..., Path], synth: Sequence[str] = SMALL_SAMPLE, **params: object
 ) -> Path:
-    """A temporary project on the built-in sample (``ihcflow data synth`` with ``synth``, then
-    `dvc add`), committed; with ``params`` (and the small settings, the gate opened) written into
-    params.yaml, for plain `dvc repro`."""
+    """A temporary project on the built-in samples (``ihcflow data synth`` with ``synth``, and
+    a small nuclei sample, then `dvc add`), committed; with ``params`` (and the small settings,
+    the gates opened) written into params.yaml, for plain `dvc repro`."""
+    from ihcflow.segmentation.sample import generate
+
     root = project()
     run_cmd([IHCFLOW, "data", "synth", *synth], root)
     run_cmd([DVC, "add", "-q", "data"], root)
+    generate(root / "nuclei", **NUCLEI_SAMPLE)
+    run_cmd([DVC, "add", "-q", "nuclei"], root)
     if params:
         for key, value in {**SMALL, **GATE_OPEN, **params}.items():
             set_param(root, key, value)

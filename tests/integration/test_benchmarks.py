@@ -34,6 +34,15 @@ def test_train_benchmark(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_segmentation_benchmark(tmp_path: Path) -> None:
+    args = ["--tiles", "3", "--patches", "16", "--image", "256", "--big", "1200", "--repeats", "1"]
+    out = bench("segmentation", *args, "--out", str(tmp_path / "s.json"), cwd=tmp_path)
+    assert out.startswith("training: ") and "\nmemory: " in out
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["inference"]["onnx_s_per_mp"] > 0 and report["memory"]["peak_1200px_mib"] > 0
+
+
+@pytest.mark.slow
 def test_drift_benchmark(tmp_path: Path) -> None:
     out = bench("drift", "--rows", "300", "600", "--days", "3", "--dim", "16", cwd=tmp_path)
     assert "scaling, 2x the rows" in out

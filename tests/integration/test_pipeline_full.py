@@ -21,6 +21,7 @@ import yaml
 from tests.helpers import command_env, run_cmd
 from tests.helpers.pipeline import (
     DVC,
+    SEG_STAGES,
     STAGES,
     experiments,
     overrides,
@@ -75,7 +76,7 @@ def test_repro_killed_during_training_resumes_and_keeps_the_history(project) -> 
     _kill_when(root, proc, root / "models/checkpoints/last.ckpt", timeout=600)
 
     rerun = run_cmd([DVC, "repro"], root)
-    assert ran_stages(rerun.stdout) == ["train", "evaluate", "register"]
+    assert ran_stages(rerun.stdout) == ["train", "evaluate", "register", *SEG_STAGES]
     assert "resumed at epoch" in rerun.stdout
     summary = yaml.safe_load((root / "reports/train/summary.json").read_text())
     assert summary["resumed_from_epoch"] >= 1 and summary["epochs_run"] == epochs

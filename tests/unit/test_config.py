@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -16,6 +17,11 @@ from ihcflow.monitoring.cli import DEFAULT_CACHE
 from ihcflow.monitoring.drift import DriftParams
 from ihcflow.preprocess import PreprocessParams
 from ihcflow.registry.gate import GateParams
+from ihcflow.segmentation import params as seg
+from ihcflow.segmentation import sample as nuclei_sample
+from ihcflow.segmentation.inference import TilingConfig
+from ihcflow.segmentation.instances import PostprocessConfig
+from ihcflow.segmentation.params import SegTrainRun
 from ihcflow.split import SplitParams
 from ihcflow.training.params import TrainRun
 from ihcflow.validation import ValidateParams, validate_dataset
@@ -28,6 +34,13 @@ READERS: dict[str, Callable[[Any], Any]] = {
     "train": TrainRun.from_params,
     "evaluate": lambda p: section(p, "evaluate", EvaluateParams),
     "gate": lambda p: GateParams.from_section(p.get("gate")),
+    "segmentation.train": SegTrainRun.from_params,
+    "segmentation.split": seg.split_params,
+    "segmentation.tiling": seg.tiling_params,
+    "segmentation.postprocess": seg.postprocess_params,
+    "segmentation.evaluate": seg.evaluate_params,
+    "segmentation.data": seg.data_params,
+    "segmentation.gate": seg.gate_params,
     "drift": lambda p: DriftParams.from_mapping(
         {k: v for k, v in dict(p.get("drift")).items() if k != "cache_dir"}
     ),
@@ -36,7 +49,15 @@ READERS: dict[str, Callable[[Any], Any]] = {
 
 @pytest.mark.parametrize(
     "overrides",
-    [[], ["model=resnet"], ["model=logreg"], ["model=svm"], ["trainer=ddp"], ["experiment=pbc28"]],
+    [
+        [],
+        ["model=resnet"],
+        ["model=logreg"],
+        ["model=svm"],
+        ["trainer=ddp"],
+        ["experiment=pbc28"],
+        ["experiment=nuclei40x"],
+    ],
 )
 def test_every_section_of_every_config_reads(overrides: list[str]) -> None:
     params = compose(overrides)
@@ -62,6 +83,9 @@ def test_the_committed_params_yaml_reads() -> None:
         ("model.kidn", "train"),
         ("evaluate.misclassified.colums", "evaluate"),
         ("gate.verify_imgs", "gate"),
+        ("segmentation.train.augment.hfilp", "segmentation.train"),
+        ("segmentation.postprocess.seeed", "segmentation.postprocess"),
+        ("segmentation.tiling.overlp", "segmentation.tiling"),
     ],
 )
 def test_a_misspelled_key_fails_with_its_name(path: str, reader: str) -> None:
@@ -96,6 +120,11 @@ def test_code_defaults_for_direct_callers_are_confs() -> None:
     sample = _defaults(synth.generate)
     expected = conf_section("data")["synth"]
     assert {k: sample[k] for k in expected} == {**expected, "classes": tuple(expected["classes"])}
+    nuclei = _defaults(nuclei_sample.generate)
+    expected = conf_section("segmentation")["data"]["synth"]
+    assert {k: nuclei[k] for k in expected} == {**expected, "stains": tuple(expected["stains"])}
+    assert asdict(TilingConfig()) == conf_section("segmentation")["tiling"]
+    assert asdict(PostprocessConfig()) == conf_section("segmentation")["postprocess"]
     drift = conf_section("drift")
     assert drift.pop("cache_dir") == DEFAULT_CACHE
     assert DriftParams.from_mapping(drift) == DriftParams()

@@ -99,10 +99,12 @@ def dockerfile_uid() -> int:
 def test_dockerignore_sends_only_what_the_image_needs() -> None:
     rules = dockerignore_rules()
     for rel in ("pyproject.toml", "requirements.lock", "README.md", "src/ihcflow/serving/app.py",
-                "models/model.onnx", "models/model.json", "models/MODEL_CARD.md"):  # fmt: skip
+                "models/model.onnx", "models/model.json", "models/MODEL_CARD.md",
+                "models/segmentation/model.onnx", "models/segmentation/model.json"):  # fmt: skip
         assert sent_to_docker(rel, rules), rel
     for rel in ("data/Er/P001_x.png", ".venv/bin/python", ".git/HEAD", "processed/split.csv",
-                "models/checkpoints/best.ckpt", "reports/metrics.json", "tests/conftest.py",
+                "models/checkpoints/best.ckpt", "models/segmentation/checkpoints/best.ckpt",
+                "reports/metrics.json", "tests/conftest.py",
                 "src/ihcflow/__pycache__/io.cpython-311.pyc", "src/ihcflow.egg-info/PKG-INFO",
                 ".env", "logs/predictions/x.jsonl", "params.yaml"):  # fmt: skip
         assert not sent_to_docker(rel, rules), rel

@@ -52,6 +52,13 @@ def test_cli_prints_metrics_and_the_registered_model(tmp_path: Path) -> None:
     (tmp_path / "models/model.json").write_text(json.dumps(model))
     out = _report(tmp_path).stdout
     assert "registered model: ihc-classifier 1.0.2 (balanced_accuracy 0.8750" in out
+    assert "segmentation" not in out  # the second task has not run
+    (tmp_path / "reports/segmentation").mkdir()
+    seg = {"n_images": 6, "true_nuclei": 654, "dice": 0.978, "aji": 0.64}
+    (tmp_path / "reports/segmentation/metrics.json").write_text(json.dumps(seg))
+    out = _report(tmp_path).stdout
+    assert "segmentation test tiles: 6 (654 nuclei)" in out and "aji                0.6400" in out
+    assert "registered model: none (models/segmentation/model.json absent" in out
 
 
 def test_cli_names_a_missing_or_broken_file(tmp_path: Path) -> None:

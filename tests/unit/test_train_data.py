@@ -71,8 +71,10 @@ def test_augment_rejects_unknown_keys_and_bad_values() -> None:
         typed(augment, AugmentParams, "train.augment")
     with pytest.raises(ValueError, match="hflip probability is 1.5"):
         RandFlipRot90(hflip=1.5)
-    with pytest.raises(ValueError, match=r"expected a batch \(N, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"expected a batch \(N, C, H, W\)"):
         RandFlipRot90()(torch.rand(3, 8, 8), torch.Generator())
+    with pytest.raises(ValueError, match=r"expected a batch \(N, 3, H, W\)"):
+        RandStainJitter()(torch.rand(2, 4, 8, 8), torch.Generator())
 
 
 def test_epoch_sampler_depends_on_seed_and_epoch_only() -> None:

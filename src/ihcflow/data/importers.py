@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from ihcflow.data.layout import GIVEN_SPLITS, DatasetError, discover
-from ihcflow.images.codec import encode_png
 from ihcflow.files import atomic_dir
+from ihcflow.images.codec import encode_png
 
 GROUPS_FILE = "groups.csv"
 PNG_COMPRESSION = 6
@@ -116,7 +116,7 @@ def _backup_name(dest: Path) -> Path:
 
 
 @contextmanager
-def _swap_in(dest: Path, replace: bool) -> Iterator[tuple[Path, list[Path | None]]]:
+def swap_in(dest: Path, replace: bool) -> Iterator[tuple[Path, list[Path | None]]]:
     """Yield a temp folder to fill; on success it becomes ``dest`` and the old one is kept."""
     _check_dest(dest, replace)
     moved: list[Path | None] = [None]
@@ -129,7 +129,7 @@ def _swap_in(dest: Path, replace: bool) -> Iterator[tuple[Path, list[Path | None
             moved[0] = backup
 
 
-def _inside(path: Path, other: Path) -> bool:
+def is_inside(path: Path, other: Path) -> bool:
     path, other = path.resolve(), other.resolve()
     return path == other or other in path.parents
 
@@ -144,7 +144,7 @@ def import_folder(
     """
     src, dest = Path(src), Path(dest)
     layout = discover(src)  # DatasetError names the folder and the problem
-    if _inside(dest, src) or _inside(src, dest):
+    if is_inside(dest, src) or is_inside(src, dest):
         raise DataImportError(
             f"{src} -> {dest}: source and destination must not contain each other"
         )
@@ -153,7 +153,7 @@ def import_folder(
         per_class = counts.setdefault(entry.given_split or ALL, {})
         per_class[entry.label] = per_class.get(entry.label, 0) + 1
     extra = [GROUPS_FILE] if (src / GROUPS_FILE).is_file() else []
-    with _swap_in(dest, replace) as (tmp, moved):
+    with swap_in(dest, replace) as (tmp, moved):
         for entry in layout.entries:
             target = tmp / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def import_npz(
         )
 
     counts: dict[str, dict[str, int]] = {}
-    with _swap_in(dest, replace) as (tmp, moved):
+    with swap_in(dest, replace) as (tmp, moved):
         for split, (images, labels) in data.items():
             per_class: dict[str, int] = {}
             for k in np.unique(labels):

@@ -35,14 +35,25 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yaml
 
 from ihcflow.files import sha256_file, write_text_atomic
 
-if TYPE_CHECKING:
-    from ihcflow.data.importers import ImportSummary
+
+class Imported(Protocol):
+    """What an import recorded in a ``.dvc`` file's meta: ``data.importers.ImportSummary``
+    (classification) or ``segmentation.importers.SegImportSummary``."""
+
+    layout: int
+
+    @property
+    def n_images(self) -> int: ...
+
+    @property
+    def counts(self) -> Any: ...
+
 
 SAMPLE_SOURCE = "ihcflow data synth"
 IMPORT_SOURCE = "ihcflow data import"
@@ -88,7 +99,7 @@ def mark_sample(dvc_file: Path, synth_args: dict[str, Any]) -> None:
     write_meta(dvc_file, {"source": SAMPLE_SOURCE, "md5": md5, "args": synth_args})
 
 
-def mark_import(dvc_file: Path, summary: ImportSummary, src: Path) -> None:
+def mark_import(dvc_file: Path, summary: Imported, src: Path) -> None:
     """Record what ``ihcflow data import`` brought into the folder ``dvc_file`` tracks."""
     md5 = recorded_md5(read_dvc_file(dvc_file))
     imported: dict[str, Any] = {
@@ -148,7 +159,7 @@ def dvc_add(dest: Path, done: str, then: str) -> Path | None:
     return dest.with_name(f"{dest.name}.dvc")
 
 
-def version_import(dest: Path, summary: ImportSummary, src: Path) -> Path | None:
+def version_import(dest: Path, summary: Imported, src: Path) -> Path | None:
     """``dvc add dest`` and :func:`mark_import`; None when ``dest`` is not in a DVC project."""
     dvc_file = dvc_add(
         dest,

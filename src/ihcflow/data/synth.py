@@ -37,8 +37,8 @@ import cv2
 import numpy as np
 from skimage.color import rgb_from_hed
 
-from ihcflow.images.codec import encode_png
 from ihcflow.files import atomic_dir
+from ihcflow.images.codec import encode_png
 
 DEFAULT_CLASSES = ("Er", "Her2neu", "Pr", "Ki-67", "Histology")
 PNG_COMPRESSION = 1  # fixed (same pixels, same bytes); higher levels save only ~3% here
@@ -148,6 +148,16 @@ def _place_cells(rng: np.random.Generator, tissue: np.ndarray, n: int, size: int
     return cand[inside][:n]
 
 
+@dataclass(frozen=True)
+class Nucleus:
+    """One nucleus as drawn: an ellipse in px (later nuclei are drawn over earlier ones)."""
+
+    center: tuple[float, float]  # (x, y)
+    axes: tuple[float, float]  # semi-axes
+    angle: float  # degrees, as cv2.ellipse takes it
+    positive: bool  # nuclear DAB (brown); membrane and H&E stains leave every nucleus blue
+
+
 def _render(
     rng: np.random.Generator,
     recipe: _Recipe,
@@ -155,7 +165,10 @@ def _render(
     pos_frac: float,
     intensity: float,
     size: int,
+    nuclei: list[Nucleus] | None = None,
 ) -> np.ndarray:
+    """One patch; when ``nuclei`` is a list, each nucleus drawn is appended to it (recording
+    draws no random numbers, so the pixels are the same either way)."""
     scale = size / _REF_SIZE
     he = recipe.pattern == "he"
 
@@ -217,6 +230,15 @@ def _render(
             arc = (start, start + 360 * ring_frac[i])
             _draw_ellipse(memb, centres[i], axes_cell, angle[i], dab[i], ring_px, arc)
         _draw_ellipse(nuc_h, centres[i], (a[i], b[i]), angle[i], h_nuc[i], -1)
+        if nuclei is not None:
+            nuclei.append(
+                Nucleus(
+                    (float(centres[i][0]), float(centres[i][1])),
+                    (float(a[i]), float(b[i])),
+                    float(angle[i]),
+                    bool(positive[i]) and recipe.pattern == "nuclear",
+                )
+            )
         if recipe.pattern == "nuclear":
             _draw_ellipse(nuc_d, centres[i], (a[i], b[i]), angle[i], dab[i], -1)
     chromatin = 1.0 + 0.3 * cv2.GaussianBlur(rng.normal(size=(size, size)), (0, 0), 0.8 * scale)
@@ -258,10 +280,14 @@ def _nuisance(rng: np.random.Generator, rgb: np.ndarray, scale: float) -> np.nda
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def render_image(
-    class_name: str, index: int, *, patients: int = 20, size: int = 256, seed: int = 0
+def _render_indexed(
+    class_name: str,
+    index: int,
+    patients: int,
+    size: int,
+    seed: int,
+    nuclei: list[Nucleus] | None,
 ) -> np.ndarray:
-    """One synthetic patch as (size, size, 3) uint8 RGB: image ``index`` of ``class_name``."""
     recipe = _recipe(class_name)
     patient = index % patients
     pat = _patient(seed, patient)
@@ -270,7 +296,28 @@ def render_image(
     intensity = slide.uniform(*recipe.intensity)
     rng = np.random.default_rng([seed, 3, _class_id(class_name), index])
     pos_frac = float(np.clip(pos_frac + rng.normal(0, 0.05), 0.0, 1.0))
-    return _render(rng, recipe, pat, pos_frac, intensity, size)
+    return _render(rng, recipe, pat, pos_frac, intensity, size, nuclei)
+
+
+def render_image(
+    class_name: str, index: int, *, patients: int = 20, size: int = 256, seed: int = 0
+) -> np.ndarray:
+    """One synthetic patch as (size, size, 3) uint8 RGB: image ``index`` of ``class_name``."""
+    return _render_indexed(class_name, index, patients, size, seed, None)
+
+
+def render_with_nuclei(
+    class_name: str, index: int, *, patients: int = 20, size: int = 256, seed: int = 0
+) -> tuple[np.ndarray, list[Nucleus]]:
+    """:func:`render_image`'s patch (the same pixels) and the nuclei drawn in it, in order.
+
+    Nucleus sizes scale with ``size`` (256 px shows the same field as any other size): at
+    512 px they are about 15-30 px across. ``ihcflow.segmentation.sample`` turns them into
+    instance masks.
+    """
+    nuclei: list[Nucleus] = []
+    rgb = _render_indexed(class_name, index, patients, size, seed, nuclei)
+    return rgb, nuclei
 
 
 def file_name(index: int, patients: int) -> str:
@@ -300,6 +347,16 @@ def _check_args(
         raise ValueError(f"seed must be >= 0, got {seed}")
 
 
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out}: folder is not empty; pass overwrite=True (CLI: --overwrite) to replace it"
+        )
+
+
 def generate(
     out_dir: str | Path,
     *,
@@ -319,12 +376,7 @@ def generate(
     _check_args(classes, per_class, patients, size, seed)
     classes = list(classes)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out}: folder is not empty; pass overwrite=True (CLI: --overwrite) to replace it"
-        )
+    check_out_dir(out, overwrite)
     rel: list[Path] = []
     with atomic_dir(out) as tmp:
         for name in classes:

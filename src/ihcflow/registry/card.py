@@ -24,19 +24,19 @@ def model_card(
 ) -> str:
     """MODEL_CARD.md: intended use, data, training, metrics, gate, limitations, disclaimer."""
     sections = [
-        _header(info),
+        header(info),
         _intended_use(info),
         _data(info),
-        _training(info, train_summary),
+        training(info, train_summary),
         _evaluation(info["metrics"]),
-        _gate(info, gate),
+        gate_section(info, gate),
         _limitations(info["metrics"]),
-        _considerations(),
+        considerations(),
     ]
     return "\n".join(line for section in sections for line in section)
 
 
-def _header(info: Mapping[str, Any]) -> Lines:
+def header(info: Mapping[str, Any]) -> Lines:
     return [
         f"# Model card: {info['name']} {info['version']}",
         "",
@@ -82,7 +82,7 @@ def _data(info: Mapping[str, Any]) -> Lines:
     return ["## Data", "", *markdown_table(["class", *splits], rows, "l" + "r" * len(splits))]
 
 
-def _training(info: Mapping[str, Any], train_summary: Mapping[str, Any] | None) -> Lines:
+def training(info: Mapping[str, Any], train_summary: Mapping[str, Any] | None) -> Lines:
     lines = ["", "## Training", ""]
     if train_summary:
         lines += [f"- {k}: {number(v)}" for k, v in train_summary.items()] + [""]
@@ -109,7 +109,7 @@ def _evaluation(metrics: Mapping[str, Any]) -> Lines:
     ]
 
 
-def _gate(info: Mapping[str, Any], gate: GateResult) -> Lines:
+def gate_section(info: Mapping[str, Any], gate: GateResult) -> Lines:
     lines = ["## Registration gate", ""]
     lines += gate.table(markdown=True) if gate.rows else ["No thresholds were set."]
     onnx = info["onnx"]
@@ -158,7 +158,7 @@ def _limitations(metrics: Mapping[str, Any]) -> Lines:
     ]
 
 
-def _considerations() -> Lines:
+def considerations() -> Lines:
     return [
         "## Ethical and clinical considerations",
         "",

@@ -111,7 +111,7 @@ def register(
     checkpoint_sha = sha256_file(candidate.checkpoint)
     digest = candidate.digest or checkpoint_sha
     version = gate.settings.version or next_version(read_registered(models_dir), digest)
-    with _staging(models_dir) as staging:
+    with staging_dir(models_dir) as staging:
         onnx = export_verified(candidate.predictor, staging, images, probs, gate.settings)
         ood = calibrate_ood(
             staging / ONNX_NAME, candidate.predictor, gate.settings, Path(root), Path(split_csv)
@@ -295,7 +295,7 @@ def describe(
 
 
 @contextmanager
-def _staging(models_dir: Path) -> Iterator[Path]:
+def staging_dir(models_dir: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=models_dir))
     try:
         yield staging

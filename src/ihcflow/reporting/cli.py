@@ -10,7 +10,7 @@ from typing import Any
 from ihcflow.files import write_bytes_atomic, write_text_atomic
 from ihcflow.model_format import JSON_NAME
 from ihcflow.reporting.metrics import TOLERANCE_FILE
-from ihcflow.tables import METRICS
+from ihcflow.tables import METRICS, SEG_METRICS
 
 
 def _cmd_pr(args: argparse.Namespace) -> int:
@@ -48,6 +48,10 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         here = read_json(args.metrics, "metrics (run `dvc repro`)")
         print(m.format_metrics(here))
         print(m.registered_line(args.model))
+        if args.seg_metrics.is_file():  # the second task, when the pipeline has run it
+            seg = read_json(args.seg_metrics, "segmentation metrics")
+            print(m.format_segmentation(seg))
+            print(m.registered_line(args.seg_model, "aji"))
         if args.against:
             print(_against(args, here))
     except (FileNotFoundError, ValueError) as exc:
@@ -106,6 +110,10 @@ def add_parser(subparsers: Any) -> None:
     )
     metrics.add_argument("--metrics", type=Path, default=Path(METRICS))
     metrics.add_argument("--model", type=Path, default=Path("models") / JSON_NAME)
+    metrics.add_argument("--seg-metrics", type=Path, default=Path(SEG_METRICS))
+    metrics.add_argument(
+        "--seg-model", type=Path, default=Path("models") / "segmentation" / JSON_NAME
+    )
     metrics.add_argument(
         "--against",
         metavar="REV",

@@ -13,7 +13,7 @@ from typing import Any
 
 from ihcflow.files import read_json
 from ihcflow.reporting.format import MISSING, number
-from ihcflow.tables import HEADLINE_METRICS
+from ihcflow.tables import HEADLINE_METRICS, SEG_HEADLINE_METRICS
 
 PER_CLASS = ("precision", "recall", "f1", "support")  # the columns printed
 
@@ -34,15 +34,25 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def registered_line(model_json: Path) -> str:
-    """Which model is registered, or why none is."""
+def format_segmentation(metrics: Mapping[str, Any]) -> str:
+    """``reports/segmentation/metrics.json`` (seg_evaluate's output) as a few lines of text."""
+    lines = [
+        f"segmentation test tiles: {metrics.get('n_images', 'n/a')} "
+        f"({metrics.get('true_nuclei', 'n/a')} nuclei)"
+    ]
+    lines += [f"  {key:<18} {number(metrics.get(key), 4)}" for key in SEG_HEADLINE_METRICS]
+    return "\n".join(lines)
+
+
+def registered_line(model_json: Path, metric: str = "balanced_accuracy") -> str:
+    """Which model is registered (with its ``metric``), or why none is."""
     if not model_json.is_file():
         return f"registered model: none ({model_json} absent: the gate has not passed yet)"
     info = read_json(model_json, "registered model")
-    metric = (info.get("metrics") or {}).get("balanced_accuracy")
+    value = (info.get("metrics") or {}).get(metric)
     return (
         f"registered model: {info.get('name')} {info.get('version')} "
-        f"(balanced_accuracy {number(metric, 4)}, created {info.get('created')})"
+        f"({metric} {number(value, 4)}, created {info.get('created')})"
     )
 
 

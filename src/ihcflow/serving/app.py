@@ -1,8 +1,11 @@
-"""The HTTP API: ``POST /predict``, ``GET /model``, ``/healthz``, ``/readyz``, ``/metrics``.
+"""The HTTP API: ``POST /predict``, ``POST /segment``, ``GET /model``, ``/healthz``, ``/readyz``,
+``/metrics``.
 
 ``create_app(settings)`` builds the FastAPI app; the model is loaded at start-up (or passed
 in). If it cannot be loaded the server still starts: ``/healthz`` answers, ``/readyz`` and
 ``/predict`` answer 503 with the reason, so an orchestrator shows why the pod is not ready.
+``/segment`` (the nuclei model, ``models/segmentation/``) is optional: without that model it
+answers 503 with the reason, and readiness is the classifier's.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ihcflow import __version__
 from ihcflow.kept_uploads import KeptUploads
 from ihcflow.prediction_log import PredictionLog
+from ihcflow.segmentation.model_format import SegModel
 from ihcflow.serving.errors import ApiError
 from ihcflow.serving.model import ModelLoadError, ServedModel
 from ihcflow.serving.observability import ServingMetrics, configure_logging, endpoint_label
+from ihcflow.serving.segment import SegmentService, json_body, png_headers
 from ihcflow.serving.service import PredictionService
 from ihcflow.serving.settings import Settings
 from ihcflow.serving.uploads import receive_uploads
@@ -69,6 +74,23 @@ class PredictResponse(BaseModel):
     model_version: str
     predictions: list[ImagePrediction] = Field(description="one per uploaded image, in order")
     latency_ms: float = Field(description="server-side time from arrival to predictions")
+
+
+class SegmentResponse(BaseModel):
+    request_id: str
+    model_name: str
+    model_version: str
+    filename: str | None
+    width: int
+    height: int
+    count: int = Field(description="nuclei found")
+    positive: int = Field(description="DAB-positive nuclei")
+    ki67_index: float | None = Field(description="positive / count (null without nuclei)")
+    mean_area_px: float | None = Field(description="mean nucleus area in pixels")
+    mask_png_base64: str = Field(
+        description="16-bit PNG instance mask (0 background, 1..count one id per nucleus)"
+    )
+    latency_ms: float
 
 
 class ErrorResponse(BaseModel):
@@ -125,11 +147,14 @@ class ServingState:
         self.metrics = metrics
         self.service: PredictionService | None = None
         self.not_ready = "starting"
+        self.segmenter: SegmentService | None = None
+        self.seg_not_ready = "starting"
         self.limiter: anyio.CapacityLimiter | None = None
 
-    def start(self, model: ServedModel | None) -> None:
+    def start(self, model: ServedModel | None, segmenter: SegModel | None = None) -> None:
         s = self.settings
         self.limiter = anyio.CapacityLimiter(s.max_concurrency)
+        self._start_segmenter(segmenter)
         try:
             model = model or ServedModel.load(s.model_dir, threads=s.intra_op_threads)
             prediction_log = PredictionLog(s.log_dir, fsync=s.log_fsync)
@@ -182,6 +207,30 @@ class ServingState:
                 "deleted_days": removed,
             },
         )
+
+    def _start_segmenter(self, segmenter: SegModel | None) -> None:
+        s = self.settings
+        try:
+            segmenter = segmenter or SegModel.load(
+                s.segmentation_model_dir, threads=s.intra_op_threads
+            )
+        except (ModelLoadError, OSError) as exc:
+            self.seg_not_ready = str(exc)
+            log.warning("segmentation model not loaded: /segment answers 503",
+                        extra={"error": str(exc)})  # fmt: skip
+            return
+        self.segmenter = SegmentService(segmenter, self.metrics, s)
+        self.seg_not_ready = ""
+        self.metrics.model_info.labels(self.segmenter.name, self.segmenter.version).set(1)
+        log.info(
+            "segmentation model loaded",
+            extra={"model_name": self.segmenter.name, "model_version": self.segmenter.version},
+        )
+
+    def ready_segmenter(self) -> SegmentService:
+        if self.segmenter is None:
+            raise ApiError(503, "not_ready", f"segmentation model not loaded: {self.seg_not_ready}")
+        return self.segmenter
 
     def close(self) -> None:
         if self.service is not None:
@@ -275,15 +324,21 @@ def _error(request: Request, status: int, code: str, detail: str, file: str | No
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def create_app(settings: Settings | None = None, *, model: ServedModel | None = None) -> FastAPI:
-    """The server app. ``model`` skips loading from ``settings.model_dir`` (tests, benchmarks)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    model: ServedModel | None = None,
+    segmenter: SegModel | None = None,
+) -> FastAPI:
+    """The server app. ``model`` skips loading from ``settings.model_dir`` (tests, benchmarks),
+    ``segmenter`` from ``settings.segmentation_model_dir``."""
     settings = settings or Settings.from_env()
     metrics = ServingMetrics()
     state = ServingState(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.start(model)
+        state.start(model, segmenter)
         try:
             async with anyio.create_task_group() as tasks:
                 if settings.log_images is not None:
@@ -353,6 +408,31 @@ def create_app(settings: Settings | None = None, *, model: ServedModel | None = 
                 request.state.started,
                 limiter=state.limiter,
             )
+
+    @app.post(
+        "/segment",
+        response_model=SegmentResponse,
+        responses={**_ERRORS, 200: {"content": {"image/png": {}}}},
+        openapi_extra=_UPLOAD_BODY,
+        summary="Segment the nuclei of one image: counts, Ki-67 index, instance mask",
+    )
+    async def segment(request: Request, _: None = Security(authorize)) -> Any:
+        """One image (multipart field or raw body, as for /predict) of any size: large images
+        are run in overlapping windows. `Accept: image/png` returns the 16-bit instance mask
+        itself, with the counts in `X-Nuclei-*` and `X-Ki67-Index` headers."""
+        service = state.ready_segmenter()
+        async with receive_uploads(request, max_files=1, max_bytes=settings.max_bytes) as uploads:
+            request.state.images = len(uploads)
+            result = await anyio.to_thread.run_sync(
+                service.segment,
+                uploads[0],
+                request.state.request_id,
+                request.state.started,
+                limiter=state.limiter,
+            )
+        if "image/png" in request.headers.get("accept", ""):
+            return Response(result["mask_png"], media_type="image/png", headers=png_headers(result))
+        return json_body(result)
 
     @app.get("/model", summary="The served model: name, version, classes, metrics")
     def model_info(_: None = Security(authorize)) -> dict[str, Any]:

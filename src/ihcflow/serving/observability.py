@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ihcflow.ood import OodScorer
 
 # Endpoints are labelled by route, never by raw path (an unknown path would add a series).
-ENDPOINTS = frozenset({"/predict", "/model", "/healthz", "/readyz", "/metrics", "/docs",
+ENDPOINTS = frozenset({"/predict", "/segment", "/model", "/healthz", "/readyz", "/metrics", "/docs",
                        "/openapi.json", "/docs/oauth2-redirect", "/redoc"})  # fmt: skip
 # OOD score / the model's threshold: 1 is the flag line, whatever the model's score scale
 OOD_RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)

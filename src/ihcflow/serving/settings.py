@@ -30,6 +30,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     model_dir: Path = Path("models")  # model.onnx + model.json written by the register stage
+    segmentation_model_dir: Path = Path("models/segmentation")  # seg_register's; /segment
     log_dir: Path = Path("logs/predictions")  # predictions-YYYY-MM-DD.jsonl (drift monitoring)
     host: str = "127.0.0.1"  # loopback by default; 0.0.0.0 in a container
     port: int = 8000

@@ -22,9 +22,10 @@ _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 _OD_FLOOR = 1.0 / 255.0  # smallest transmitted light, avoids log(0) on black pixels
 
 
-def _check(x: torch.Tensor) -> None:
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected a batch (N, 3, H, W), got shape {tuple(x.shape)}")
+def _check(x: torch.Tensor, channels: int | None = 3) -> None:
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        want = "C" if channels is None else channels
+        raise ValueError(f"expected a batch (N, {want}, H, W), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"expected a float batch in [0, 1], got dtype {x.dtype}")
 
@@ -38,7 +39,8 @@ class RandFlipRot90:
     """Horizontal/vertical flips and rotations by multiples of 90° (each image on its own).
 
     Tissue and cells have no canonical orientation, so these are label-preserving and exact
-    (no interpolation). Rotation needs square images.
+    (no interpolation). Rotation needs square images. Any number of channels: stack an image
+    with its per-pixel targets to move them together.
     """
 
     def __init__(self, hflip: float = 0.5, vflip: float = 0.5, rot90: bool = True) -> None:
@@ -48,7 +50,7 @@ class RandFlipRot90:
         self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        _check(x)
+        _check(x, channels=None)
         n = x.shape[0]
         for p, dim in ((self.hflip, -1), (self.vflip, -2)):
             if p > 0:

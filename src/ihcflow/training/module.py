@@ -39,8 +39,9 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class ImageClassifier(pl.LightningModule):
-    """Classifies float images in [0, 1]; ``meta`` is stored in every checkpoint it writes.
+class TrainableModule(pl.LightningModule):
+    """What every ihcflow LightningModule shares: the optimiser and scheduler from Hydra
+    partials, per-step reseeding, epoch-level logging, and ``meta`` in every checkpoint.
 
     ``optimizer`` is a partial (params -> Optimizer); ``scheduler`` a partial (optimizer ->
     LRScheduler) or None. Arguments of the scheduler that depend on the run length
@@ -48,93 +49,29 @@ class ImageClassifier(pl.LightningModule):
     here when the config leaves them out.
     """
 
-    class_weights: torch.Tensor
-
     def __init__(
         self,
-        net: nn.Module,
         *,
-        num_classes: int,
-        mean: Sequence[float],
-        std: Sequence[float],
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "step",
-        class_weights: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
         seed: int = 0,
-        channels_last: bool = False,
         meta: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler interval {scheduler_interval!r}, expected step or epoch")
-        self.normalize = Normalize(mean, std)
-        self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
-        self.label_smoothing = label_smoothing
         self.seed = seed
-        self.channels_last = channels_last
         self.meta = dict(meta or {})
-        weights = class_weights if class_weights is not None else torch.ones(num_classes)
-        self.register_buffer("class_weights", weights.to(torch.float32), persistent=False)
-        self.train_metrics = MetricCollection(
-            {"acc": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/"
-        )
-        self.val_metrics = MetricCollection(
-            {
-                "acc": MulticlassAccuracy(num_classes, average="micro"),
-                "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
-                "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-            },
-            prefix="val/",
-        )
-        # Losses are averaged by torchmetrics too, and everything is logged from the epoch-end
-        # hooks that every rank runs: an epoch value logged from training_step would be
-        # synchronised lazily, and the progress bar asks for it on rank 0 only (DDP deadlock).
-        self.train_loss = MeanMetric()
-        self.val_loss = MeanMetric()
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
-
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing
-        )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Dropout draws from the global RNG: reseed it per step (and rank) so that the masks
         # depend only on the step, and a run resumed at epoch k continues exactly like an
         # uninterrupted one whatever else consumed random numbers in between.
         torch.manual_seed((self.seed * 100_003 + self.global_step) * 1_009 + self.global_rank)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        x, y = batch
-        logits = self(x)
-        loss = self._loss(logits, y)
-        self.train_metrics.update(logits.detach(), y)
-        self.train_loss.update(loss.detach(), weight=len(y))
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch(self.train_metrics, self.train_loss, "train/loss")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.val_metrics.update(logits, y)
-        self.val_loss.update(self._loss(logits, y), weight=len(y))
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch(self.val_metrics, self.val_loss, "val/loss")
 
     def _log_epoch(self, metrics: MetricCollection, loss: MeanMetric, loss_name: str) -> None:
         values = {**metrics.compute(), loss_name: loss.compute()}  # synced across ranks here
@@ -176,3 +113,88 @@ class ImageClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CKPT_KEY] = dict(self.meta)
+
+
+class ImageClassifier(TrainableModule):
+    """Classifies float images in [0, 1]; ``meta`` is stored in every checkpoint it writes."""
+
+    class_weights: torch.Tensor
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "step",
+        class_weights: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+        seed: int = 0,
+        channels_last: bool = False,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scheduler_interval=scheduler_interval,
+            seed=seed,
+            meta=meta,
+        )
+        self.normalize = Normalize(mean, std)
+        self.net = net
+        self.label_smoothing = label_smoothing
+        self.channels_last = channels_last
+        weights = class_weights if class_weights is not None else torch.ones(num_classes)
+        self.register_buffer("class_weights", weights.to(torch.float32), persistent=False)
+        self.train_metrics = MetricCollection(
+            {"acc": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/"
+        )
+        self.val_metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+                "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            },
+            prefix="val/",
+        )
+        # Losses are averaged by torchmetrics too, and everything is logged from the epoch-end
+        # hooks that every rank runs: an epoch value logged from training_step would be
+        # synchronised lazily, and the progress bar asks for it on rank 0 only (DDP deadlock).
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing
+        )
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        self.train_metrics.update(logits.detach(), y)
+        self.train_loss.update(loss.detach(), weight=len(y))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch(self.train_metrics, self.train_loss, "train/loss")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_metrics.update(logits, y)
+        self.val_loss.update(self._loss(logits, y), weight=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_metrics, self.val_loss, "val/loss")
