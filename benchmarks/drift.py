@@ -72,7 +72,7 @@ def make_pool(dim: int, changes: tuple[str, ...] = ("same", "darker")) -> dict:
     out = {}
     for label in changes:
         shown = [CHANGES[label](x) for x in images]
-        frame = pd.DataFrame([image_features(x) for x in shown])
+        frame = pd.DataFrame([image_features(x, SIZE) for x in shown])
         frame["predicted"] = classes
         out[label] = (frame, embed(shown, dim))
     return out
@@ -130,7 +130,7 @@ def write_log_files(log_dir: Path, pool: dict, rows: int, days: int, seed: int) 
                     filename=None,
                     predicted=str(preds[k]),
                     probs={str(preds[k]): 0.9},
-                    features=dict(zip(FEATURE_COLUMNS, feats[k].round(6).tolist(), strict=True)),
+                    features=dict(zip(FEATURE_COLUMNS, feats[k].tolist(), strict=True)),
                     latency_ms=10.0,
                     embedding=emb[picks[k]].round(6).tolist(),
                 )

@@ -208,7 +208,7 @@ def profile(paths: Sequence[Path], cfg, limit: int = 200) -> dict[str, float]:
         t1 = time.process_time()
         rgb, _ = decode_rgb8(data, str(path), strict=False)
         t2 = time.process_time()
-        image_features(rgb)
+        image_features(rgb, cfg.size, cfg.interpolation)
         t3 = time.process_time()
         out, _ = preprocess_image(rgb, cfg)
         t4 = time.process_time()

@@ -8,13 +8,16 @@ and the simulator that rehearses the monitoring loop (:mod:`ihcflow.monitoring.s
   server pod as deploy/k8s writes them: :func:`log_files`).
 - Records (:func:`make_record`; fields in docs/serving.md): ``ts`` (:func:`iso_z`), ``request_id``,
   ``model_name``, ``model_version``, ``filename``, ``predicted``, ``probs``, ``features``
-  (:data:`ihcflow.images.features.FEATURE_COLUMNS` of the decoded upload), ``latency_ms``, and
-  optionally ``embedding`` and ``image_b64``. A reader needs :data:`REQUIRED`.
+  (:data:`ihcflow.images.features.FEATURE_COLUMNS` of the decoded upload at the model's input
+  size, full precision), ``acquisition`` (:data:`~ihcflow.images.features.ACQUISITION_COLUMNS`
+  of the file), ``latency_ms``, and optionally ``ood`` (``{"score", "flag"}``,
+  :mod:`ihcflow.ood`), ``embedding`` and ``image_b64``. A reader needs :data:`REQUIRED`.
 
 Each line is written with a single ``os.write`` on an ``O_APPEND`` file descriptor, so lines
 from several threads or worker processes never interleave, and a line is in the kernel as soon
-as the call returns: a crash of the server loses at most the request in flight. With ``fsync``
-each line is also forced to disk (survives a machine crash).
+as the call returns: a crash of the server loses at most the request in flight, and a line it
+left half-written is ended before the next record is appended (:func:`_ends_a_line`). With
+``fsync`` each line is also forced to disk (survives a machine crash).
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ def make_record(
     probs: Mapping[str, float],
     features: Mapping[str, float],
     latency_ms: float,
+    acquisition: Mapping[str, int | str] | None = None,
+    ood: Mapping[str, float | bool] | None = None,
     embedding: Sequence[float] | None = None,
     image_b64: str | None = None,
 ) -> dict[str, Any]:
@@ -96,6 +101,10 @@ def make_record(
         "features": {k: float(v) for k, v in features.items()},
         "latency_ms": latency_ms,
     }
+    if acquisition is not None:
+        out["acquisition"] = dict(acquisition)
+    if ood is not None:
+        out["ood"] = dict(ood)
     if embedding is not None:
         out["embedding"] = [float(v) for v in embedding]
     if image_b64 is not None:
@@ -139,7 +148,7 @@ class PredictionLog:
         with self._lock:
             for day, line in lines:
                 fd = self._open(day)
-                _write_all(fd, line)
+                _write_all(fd, line if _ends_a_line(fd) else b"\n" + line)
                 if self.fsync:
                     os.fsync(fd)
         return [log_path(self.log_dir, day) for day in sorted({day for day, _ in lines})]
@@ -154,7 +163,8 @@ class PredictionLog:
                 pass
         self._close()
         self.log_dir.mkdir(parents=True, exist_ok=True)  # may have been removed by a clean-up
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        # read and write: _ends_a_line reads the last byte
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         self._fd = os.open(log_path(self.log_dir, day), flags, 0o644)
         self._day = day
         return self._fd
@@ -177,6 +187,14 @@ class PredictionLog:
 
 def _day_of(ts: str) -> dt.date:
     return dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(dt.UTC).date()
+
+
+def _ends_a_line(fd: int) -> bool:
+    """Whether the file is empty or ends with a newline. A writer killed mid-line (or a full
+    disk) leaves a partial last line; the next record then starts on a line of its own, so it
+    is not glued to the fragment and lost with it (the fragment is one unusable line)."""
+    size = os.fstat(fd).st_size
+    return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
 
 
 def _write_all(fd: int, data: bytes) -> None:

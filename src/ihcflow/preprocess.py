@@ -1,7 +1,9 @@
 """Preprocess a whole data set: parallel, incremental (content-addressed cache), streaming.
 
 For every image of the manifest: :func:`ihcflow.images.prepare.prepare_image` (decode, drift
-features on the raw pixels, the preprocessing operations), write ``<sha256>.png``.
+features on the raw pixels at the model's input size, the file's acquisition properties, the
+preprocessing operations), write ``<sha256>.png``. The features go to ``features.csv`` at full
+precision (each float's shortest round-trip repr), so drift compares exactly what was measured.
 
 The cache lives in ``<cache_dir>/<key>/``, ``key`` a hash of the params that affect the pixels
 (:func:`cache_key`), so a re-run after adding 1% new images only processes that 1%:
@@ -41,17 +43,17 @@ from ihcflow.config import typed
 from ihcflow.errors import PipelineError
 from ihcflow.files import atomic_dir, atomic_path, params_hash, sha256_bytes
 from ihcflow.images.codec import ImageError, encode_png, png_params
-from ihcflow.images.features import FEATURE_COLUMNS
+from ihcflow.images.features import ACQUISITION_COLUMNS, FEATURE_COLUMNS
 from ihcflow.images.prepare import ImageParams, check_params, prepare_image, tune_malloc
 from ihcflow.tables import FEATURE_FLAGS, FEATURES, MANIFEST, image_file
 
 # Bump when an operation's output changes for the same params, so old cache entries miss.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: features at the input size, full precision, acquisition properties
 # Output PNG encoding: zlib level 1, fast filters (ihcflow.images.codec.png_params); the bytes are
 # deterministic, so processed_sha256 is reproducible.
 PNG_PARAMS = png_params(1, fast=True)
 MANIFEST_COLUMNS = MANIFEST.columns[:4]  # what this stage reads: path, class, given_split, sha256
-OUTPUT_COLUMNS = [*FEATURES.columns, *FEATURE_COLUMNS, *FEATURE_FLAGS]
+OUTPUT_COLUMNS = [*FEATURES.columns, *FEATURE_COLUMNS, *ACQUISITION_COLUMNS, *FEATURE_FLAGS]
 RECORDS_NAME = "records.json"
 _CHUNK_MAX = 32  # images per task sent to a worker
 # Starting worker processes costs about as much as preprocessing ~100 images on one core, so
@@ -100,12 +102,13 @@ def process_file(source: str | Path, sha256: str, params: ImageParams) -> tuple[
             f"{source}: content changed since validation (sha256 {actual[:12]}... but the "
             f"manifest says {sha256[:12]}...); re-run the validate stage"
         )
-    out, features, applied = prepare_image(data, str(source), params)
-    png = encode_png(out, 1, fast=True)
+    prepared = prepare_image(data, str(source), params)
+    png = encode_png(prepared.image, 1, fast=True)
     record = {
-        "features": features,
-        "corrected": int(applied["corrected"]),
-        "stain_normalized": int(applied["stain_normalized"]),
+        "features": prepared.features,
+        "acquisition": prepared.acquisition,
+        "corrected": int(prepared.applied["corrected"]),
+        "stain_normalized": int(prepared.applied["stain_normalized"]),
         "processed_sha256": sha256_bytes(png),
         "png_bytes": len(png),
     }
@@ -322,9 +325,12 @@ def _features_table(manifest: pd.DataFrame, records: Mapping[str, dict]) -> pd.D
     rows = [records[sha] for sha in manifest["sha256"]]
     frame = pd.DataFrame({c: manifest[c].to_numpy() for c in MANIFEST_COLUMNS})
     frame["processed_sha256"] = [r["processed_sha256"] for r in rows]
+    # full precision: pandas writes a float64 as its shortest round-trip repr
     features = pd.DataFrame([r["features"] for r in rows], columns=FEATURE_COLUMNS)
-    frame[FEATURE_COLUMNS] = features.round(6).to_numpy()
-    frame[["width", "height"]] = frame[["width", "height"]].astype(int)
+    frame[FEATURE_COLUMNS] = features.to_numpy(dtype="float64")
+    acquired = pd.DataFrame([r["acquisition"] for r in rows], columns=ACQUISITION_COLUMNS)
+    for column in ACQUISITION_COLUMNS:
+        frame[column] = acquired[column].to_numpy()
     frame["corrected"] = [int(r["corrected"]) for r in rows]
     frame["stain_normalized"] = [int(r["stain_normalized"]) for r in rows]
     return frame[OUTPUT_COLUMNS]

@@ -28,7 +28,15 @@ from ihcflow.images.codec import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, deco
 from ihcflow.tables import MANIFEST
 
 POLICIES = ("skip", "fail")
-REASONS = ("empty", "not_an_image", "corrupt", "unsupported_mode", "too_large", "duplicate")
+REASONS = (
+    "empty",
+    "not_an_image",
+    "corrupt",
+    "unsupported_mode",
+    "too_large",
+    "no_content",
+    "duplicate",
+)
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 # Below both of these, starting worker processes (~1 s: each imports OpenCV, PIL, pandas)
 # costs more than it saves: a 20 KB JPEG takes ~1.5 ms to hash and decode twice.

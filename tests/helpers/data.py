@@ -254,7 +254,10 @@ def features(
 ) -> pd.DataFrame:
     """Feature rows (and the class as ``predicted``: a perfect model) of ``images[rows]``."""
     frame = pd.DataFrame(
-        [image_features(images[i] if change is None else change(images[i])) for i in rows]
+        [
+            image_features(images[i] if change is None else change(images[i]), POOL_SIZE)
+            for i in rows
+        ]
     )
     frame["predicted"] = [classes[i] for i in rows]
     return frame

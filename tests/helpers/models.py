@@ -33,6 +33,8 @@ PASSING = {  # a gate the tiny model passes on the colour data set
     "verify_tolerance": 1e-4,
     "model_name": "tiny",
     "version": None,
+    "ood_quantile": 0.99,
+    "ood_components": 32,
 }
 
 

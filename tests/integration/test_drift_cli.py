@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from ihcflow import cli as ihcflow_cli
 from ihcflow.images.codec import encode_png, read_rgb8
@@ -21,11 +22,28 @@ from ihcflow.monitoring.cli import main
 from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain
 from ihcflow.monitoring.sources import load_model
 from tests.helpers import PBC_SAMPLE, plain_preprocess, write_logs
-from tests.helpers.data import COLOURS, SIZE, colour_image, pool, write_colour_dataset
+from tests.helpers.data import (
+    COLOURS,
+    POOL_SIZE,
+    SIZE,
+    colour_image,
+    pool,
+    write_colour_dataset,
+)
 from tests.helpers.models import PASSING, TinyPredictor, evaluate_tiny, register_tiny, train_tiny
 
 DAY0 = dt.datetime(2026, 5, 4, tzinfo=dt.UTC)
 N_TRAIN = 200
+
+
+PBC_SIZE = 64  # the analysis size of the real-image tests (conf/preprocess's input size)
+
+
+def params_yaml(root: Path, size: int) -> None:
+    """params.yaml with the preprocess section the reference was measured with: an image
+    folder checked without a model is measured at its size."""
+    yaml = OmegaConf.to_yaml(OmegaConf.create({"preprocess": plain_preprocess(size)}))
+    (root / "params.yaml").write_text(yaml)
 
 
 def features_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -54,6 +72,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         part = "train" if k < N_TRAIN else "test"
         split.append({"path": rel, "sha256": f"{i:064d}", "class": classes[i], "split": part})
     features_csv(root / "reports/data/features.csv", rows)
+    params_yaml(root, POOL_SIZE)
     frame = pd.DataFrame(split).assign(group="", image=lambda f: "processed/images/" + f["sha256"])
     (root / "processed").mkdir()
     frame.to_csv(root / "processed/split.csv", index=False)
@@ -62,7 +81,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         day, minute = divmod(k, 40)
         rgb = scale_brightness(images[i], 0.85) if day >= 4 else images[i]
         moment = DAY0 + dt.timedelta(days=day, minutes=30 * minute + 7)
-        records.append(log_record(moment, image_features(rgb), classes[i]))
+        records.append(log_record(moment, image_features(rgb, POOL_SIZE), classes[i]))
     for k in range(3):
         records.append(log_record(DAY0, base.iloc[k][FEATURE_COLUMNS], "Er", model_version="0.9.0"))
     log_dir = root / "logs/predictions"
@@ -264,7 +283,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ev = evaluate_tiny(root, predictor, batch_size=16, max_images=0)
     register_tiny(ev, PASSING)
     rows = [
-        {**r, **image_features(read_rgb8(root / r["image"])[0])} for r in split.to_dict("records")
+        {**r, **image_features(read_rgb8(root / r["image"])[0], SIZE)}
+        for r in split.to_dict("records")
     ]
     features_csv(root / "reports/data/features.csv", rows)
     return root
@@ -306,7 +326,7 @@ def test_model_logs_of_another_version_are_excluded(registered: Path, tmp_path: 
     records = [
         log_record(
             DAY0 + dt.timedelta(minutes=k),
-            image_features(rgb),
+            image_features(rgb, SIZE),
             model.predicted(probs[k : k + 1])[0],
             model_name=model.name,
             model_version="1.0.0" if k < 40 else "0.1.0",  # 10 from an older model
@@ -338,9 +358,10 @@ def pbc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray
     rows = []
     for path in files[0::2]:
         rel = str(path.relative_to(PBC_SAMPLE))
-        feats = image_features(read_rgb8(path)[0])
+        feats = image_features(read_rgb8(path)[0], PBC_SIZE)
         rows.append({"path": rel, "class": path.parent.name, "sha256": rel, **feats})
     features_csv(root / "reports/data/features.csv", rows)
+    params_yaml(root, PBC_SIZE)
     return root, [read_rgb8(p)[0] for p in files[1::2][::4]]
 
 

@@ -10,7 +10,16 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from ihcflow.images.codec import decode_rgb8
+from ihcflow.images.features import (
+    ACQUISITION_COLUMNS,
+    FEATURE_COLUMNS,
+    acquisition,
+    image_features,
+)
+from ihcflow.images.prepare import ImageParams
 from ihcflow.preprocess import OUTPUT_COLUMNS, PreprocessError, PreprocessParams
+from ihcflow.tables import FEATURES, read_table
 from tests.helpers import load_stage
 from tests.helpers.data import manifest_of, preprocess_conf, write_tissue_folder
 
@@ -40,6 +49,18 @@ def test_stage_writes_the_documented_outputs(tmp_path: Path, capsys) -> None:
     STAGE.main(args)
     features = pd.read_csv(features_csv, keep_default_na=False)
     assert list(features.columns) == OUTPUT_COLUMNS and len(features) == 10
+    # the drift reference: content features of the raw file at the input size, at full
+    # precision (the float read back is the float computed), and the file's acquisition
+    table = read_table(features_csv, FEATURES).set_index("path")
+    image_params = ImageParams.from_section(cfg)
+    for rel in table.index[:3]:
+        raw = (data / rel).read_bytes()
+        rgb, info = decode_rgb8(raw, rel)
+        expected = image_features(rgb, SIZE, image_params.interpolation)
+        assert [float(table.at[rel, c]) for c in FEATURE_COLUMNS] == list(expected.values())
+        assert [table.at[rel, c] for c in ACQUISITION_COLUMNS] == [
+            str(v) for v in acquisition(info, len(raw)).values()
+        ]
     report = json.loads(report_json.read_text())
     assert report["n"] == 10 and report["params"]["size"] == SIZE
     assert "10 images, 0 cached, 10 processed" in capsys.readouterr().out

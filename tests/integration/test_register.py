@@ -18,7 +18,8 @@ from ihcflow import model_format
 from ihcflow.dataset import load_images
 from ihcflow.files import sha256_file
 from ihcflow.images.codec import read_rgb8
-from ihcflow.model_format import model_input
+from ihcflow.model_format import OnnxModel, model_input
+from ihcflow.ood import OodScorer
 from ihcflow.registry.gate import GateFailed
 from ihcflow.registry.install import install_set, recover_interrupted_swap
 from tests.helpers import REPO, compose, run_cmd
@@ -101,6 +102,10 @@ def test_register_passes_and_writes_the_deployable_set(evaluated: dict[str, Any]
     assert saved["data"]["source"] == "processed/split.csv (sha256)"
     assert saved["data"]["counts"]["test"] == dict.fromkeys(CLASSES, 6)
     assert [g["metric"] for g in saved["gate"]][:2] == ["balanced_accuracy", "auroc_macro"]
+    assert saved["features"]["analysis_size"] == SIZE and saved["features"]["content"][0] == (
+        "brightness"
+    )
+    assert "ood" not in saved  # no validation split to calibrate on: served without OOD scores
 
     # the registered ONNX model alone reproduces the checkpoint's probabilities
     split = pd.read_csv(root / "processed/split.csv")
@@ -124,6 +129,26 @@ def test_register_passes_and_writes_the_deployable_set(evaluated: dict[str, Any]
         "Research use only",
     ):
         assert text in card
+
+
+def test_registration_calibrates_the_ood_threshold_on_the_validation_split(
+    tmp_path: Path,
+) -> None:
+    split = write_colour_dataset(tmp_path, per_class=45, noise=25.0, val=True)
+    info = register_tiny(evaluate_tiny(tmp_path, TinyPredictor(train_tiny(tmp_path))), PASSING)
+    ood = info["ood"]
+    n_val, n_train = (int((split["split"] == s).sum()) for s in ("val", "train"))
+    assert (ood["calibrated_on"], ood["fitted_on"]) == (n_val, n_train) and n_val >= 20
+    assert ood["quantile"] == PASSING["ood_quantile"] and ood["embedding_dim"] == 3
+    # the threshold is that quantile of the exported model's validation scores
+    scorer = OodScorer.from_info(ood)
+    val = split[split["split"] == "val"]
+    _, emb = OnnxModel(tmp_path / "models/model.onnx").predict(
+        load_images(val["image"].tolist(), tmp_path, SIZE)
+    )
+    scores = scorer.scores(emb)
+    assert scorer.threshold == np.quantile(scores, 0.99, method="higher")
+    assert ood["val_flagged"] == round(float((scores > scorer.threshold).mean()), 4) <= 0.05
 
 
 def test_failed_gate_never_touches_the_registered_model(evaluated: dict[str, Any]) -> None:

@@ -154,6 +154,25 @@ def test_huge_header_is_refused_before_decoding() -> None:
     assert reason_of(bomb, max_pixels=10**12) == "too_large"
 
 
+def test_bomb_refusal_quotes_the_configured_limit() -> None:
+    # PIL refuses this header itself (over 2 x its MAX_IMAGE_PIXELS) before we see the size;
+    # the message must still give the size and the limit the caller configured, not PIL's.
+    with pytest.raises(ImageError) as err:
+        probe(png_with_header(100_000, 100_000), "x", max_pixels=1_000_000)
+    detail = err.value.detail
+    assert "10000000000 pixels" in detail and "limit 1000000" in detail, detail
+    assert str(2 * Image.MAX_IMAGE_PIXELS) not in detail  # PIL's limit
+
+
+def test_fully_transparent_image_has_no_content() -> None:
+    rgba = np.zeros((24, 24, 4), np.uint8)
+    rgba[..., :3] = 90
+    assert reason_of(pil_bytes(Image.fromarray(rgba, "RGBA"), "PNG")) == "no_content"
+    rgba[3, 4, 3] = 255  # one opaque pixel: an image, however faint
+    arr, _ = decode_rgb8(pil_bytes(Image.fromarray(rgba, "RGBA"), "PNG"), "x")
+    assert arr[3, 4].tolist() == [90, 90, 90] and arr[0, 0].tolist() == [255, 255, 255]
+
+
 def test_pixel_limit_is_ours_not_pils() -> None:
     # 10000x10000 lies in PIL's warning band (89M..179M pixels); with warnings as errors
     # (pytest here) a leaked DecompressionBombWarning would crash instead of reporting.
@@ -192,8 +211,11 @@ def test_rgba_is_composited_on_white() -> None:
 
 
 def test_gray_alpha_is_composited_on_white() -> None:
-    arr, info = decode_rgb8(pil_bytes(Image.new("LA", (3, 3), (40, 0)), "PNG"), "x")
-    assert (arr == 255).all() and info.channels == 2 and "grayscale+alpha" in info.notes[0]
+    img = Image.new("LA", (3, 3), (40, 0))
+    img.putpixel((0, 0), (40, 255))
+    arr, info = decode_rgb8(pil_bytes(img, "PNG"), "x")
+    assert (arr[0, 0] == 40).all() and (arr.reshape(-1, 3)[1:] == 255).all()
+    assert info.channels == 2 and "grayscale+alpha" in info.notes[0]
 
 
 def test_palette_is_expanded() -> None:

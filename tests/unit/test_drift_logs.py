@@ -13,7 +13,7 @@ import pytest
 
 from ihcflow.data.synth import render_image
 from ihcflow.images.features import FEATURE_COLUMNS, image_features
-from ihcflow.monitoring.drift import DriftParams, compare_windows, window_bounds
+from ihcflow.monitoring.drift import DriftParams, compare, compare_windows, window_bounds
 from ihcflow.monitoring.simulate import log_record, scale_brightness, scale_stain
 from ihcflow.monitoring.sources import (
     DriftInputError,
@@ -52,7 +52,7 @@ def test_reads_day_files_in_the_server_format(tmp_path: Path) -> None:
     table = read_logs(tmp_path)
     assert len(table) == 30 and table.kind == "logs" and is_log_source(tmp_path)
     assert table.frame["ts"].min() == ts("2026-05-04T08:00") and table.frame["ts"].dt.tz
-    assert table.frame[FEATURE_COLUMNS].to_numpy().tolist() == [[0.5] * 16] * 30
+    assert table.frame[FEATURE_COLUMNS].to_numpy().tolist() == [[0.5] * len(FEATURE_COLUMNS)] * 30
     assert table.embeddings is not None and table.embeddings.shape == (30, 3)
     assert table.counts["model"] == "ihc-classifier 1.0.0"
     assert table.counts["bad_lines"] == table.counts["other_version_rows"] == 0
@@ -208,10 +208,28 @@ def test_windows_mark_empty_and_small_days_and_find_the_shifted_one() -> None:
 def test_simulated_stain_batch_changes_that_stain_only() -> None:
     rgb = render_image("Er", 3, size=96)
     assert np.abs(scale_stain(rgb, "dab", 1.0).astype(int) - rgb).max() <= 1
-    before, after = image_features(rgb), image_features(scale_stain(rgb, "dab", 1.5))
+    before, after = image_features(rgb, 96), image_features(scale_stain(rgb, "dab", 1.5), 96)
     assert after["dab_mean"] == pytest.approx(1.5 * before["dab_mean"], rel=0.1)
     assert after["hematoxylin_mean"] == pytest.approx(before["hematoxylin_mean"], rel=0.1)
-    darker = image_features(scale_brightness(rgb, 0.8))
+    darker = image_features(scale_brightness(rgb, 0.8), 96)
     assert darker["brightness"] < before["brightness"] - 0.05
     with pytest.raises(ValueError, match="stain 'silver' unknown"):
         scale_stain(rgb, "silver", 2.0)
+
+
+def test_the_servers_ood_flags_are_summarised_per_window(tmp_path: Path) -> None:
+    midnight = T0.replace(hour=0)
+    rows = records(72, start=midnight)  # three UTC days of 24
+    for i, rec in enumerate(rows):
+        day = i // 24
+        rec["ood"] = {"score": 1.0 + i, "flag": i % 24 < (0, 3, 12)[day]}  # 0%, 12.5%, 50%
+    rows += records(5, start=midnight + dt.timedelta(days=1))  # a server without OOD scoring
+    write_logs(tmp_path, rows)
+    current = read_logs(tmp_path)
+    assert current.frame["ood_flag"].isna().sum() == 5
+    reference, _ = draw(0, 30)
+    windows = compare_windows(reference, current, DriftParams(min_rows=20), "day")
+    assert [w.to_dict()["ood_flagged_share"] for w in windows] == [0.0, 3 / 24, 0.5]
+    assert [w.comparison.ood_scored for w in windows] == [24, 24, 24]
+    overall = compare(reference, current, DriftParams())
+    assert overall.to_dict()["ood"] == {"scored": 72, "flagged": 15, "share": 15 / 72}

@@ -11,12 +11,14 @@ import pytest
 from ihcflow.data.synth import render_image
 from ihcflow.images.codec import encode_png
 from ihcflow.images.features import FEATURE_COLUMNS
+from ihcflow.images.prepare import ImageParams
 from ihcflow.monitoring.sources import (
     DriftInputError,
     Model,
     load_reference,
     read_image_folder,
 )
+from tests.helpers import conf_section
 
 
 def write_tables(root: Path, n: int = 12) -> tuple[Path, Path]:
@@ -91,14 +93,19 @@ def test_an_image_folder_counts_what_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "a" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (tmp_path / "a" / ".hidden.png").write_bytes(b"ignored")
     (tmp_path / "readme.txt").write_text("batch 42")
-    table = read_image_folder(tmp_path)
+    params = ImageParams.from_section(conf_section("preprocess"))
+    table = read_image_folder(tmp_path, image_params=params)
     assert table.frame["path"].tolist() == ["a/x0.png", "a/x1.png", "a/x2.png"]
     assert table.counts == {"files": 4, "unreadable_images": 1, "other_files": 1, "rows": 3}
     assert table.problems[0].startswith(f"{tmp_path / 'a' / 'cut.jpg'}: ")
     assert table.embeddings is None and "predicted" not in table.frame
+    assert table.frame["width"].tolist() == [64.0] * 3 and set(table.frame["format"]) == {"PNG"}
+    assert f"features measured at {params.size} px (area)" in table.notes
     (tmp_path / "empty").mkdir()
     with pytest.raises(DriftInputError, match=r"empty: no images \(.*\) and no prediction logs"):
-        read_image_folder(tmp_path / "empty")
+        read_image_folder(tmp_path / "empty", image_params=params)
+    with pytest.raises(DriftInputError, match="measured at the reference's analysis size"):
+        read_image_folder(tmp_path)  # no model, no preprocess params: no analysis size
 
 
 def test_a_model_without_full_preprocess_params_is_refused(tmp_path: Path) -> None:

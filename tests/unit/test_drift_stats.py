@@ -16,7 +16,7 @@ from ihcflow.monitoring.drift import (
 )
 from ihcflow.monitoring.simulate import scale_brightness, scale_stain
 from ihcflow.monitoring.sources import DriftInputError
-from tests.helpers.data import POOL_SIZE, draw
+from tests.helpers.data import draw
 
 PARAMS = DriftParams()
 
@@ -136,15 +136,18 @@ def test_too_few_current_rows_is_not_enough_data() -> None:
     assert result.columns == []
 
 
-def test_constant_columns_are_skipped_but_a_new_value_drifts() -> None:
+def test_a_column_constant_in_the_reference_is_listed_not_tested() -> None:
     reference, current = draw(1, 60)
-    assert set(reference.frame["width"]) == set(current.frame["width"]) == {POOL_SIZE}
+    reference.frame["sharpness"] = current.frame["sharpness"] = 0.0  # flat images on both sides
     result = compare(reference, current, PARAMS)
-    assert set(result.skipped) == {"width", "height"}
-    assert len(result.columns) == len(FEATURE_COLUMNS) - 2 + 1  # + predicted
-    current.frame["width"] = 2.0 * POOL_SIZE  # a scanner with another field of view
+    assert result.skipped == {"sharpness": "constant: 0.0 in every row of both"}
+    assert len(result.columns) == len(FEATURE_COLUMNS) - 1 + 1  # + predicted
+    current.frame.loc[:9, "sharpness"] = 5.0  # no spread to test against: said, not scored
     result = compare(reference, current, PARAMS)
-    assert "width" in result.drifted_columns and "width" not in result.skipped
+    assert "sharpness" not in [c.column for c in result.columns]
+    assert result.skipped["sharpness"] == (
+        "constant in the reference (0.0), so not tested: 10 of 60 current rows differ"
+    )
 
 
 def test_a_class_never_predicted_before_is_drift() -> None:

@@ -23,6 +23,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from ihcflow.files import sha256_file
+from ihcflow.images.codec import ImageError
+from ihcflow.ood import fit_ood
 from ihcflow.prediction_log import PredictionLog, iso_z, read_log
 from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
 from ihcflow.serving.settings import available_cpus, parse_size
@@ -65,11 +67,21 @@ def test_settings_from_env_with_flags_winning(tmp_path: Path) -> None:
         ({"IHCFLOW_TOKEN": "a", "IHCFLOW_TOKEN_FILE": "/x"}, "not both"),
         ({"IHCFLOW_TOKEN_FILE": "/nonexistent/token"}, "cannot read the token"),
         ({"IHCFLOW_TOKEN": "two words"}, "whitespace"),
+        ({"IHCFLOW_TOKEN": ""}, "IHCFLOW_TOKEN is set but empty.*--no-auth"),
+        ({"IHCFLOW_TOKEN": "  "}, "IHCFLOW_TOKEN is set but empty"),
+        ({"IHCFLOW_TOKEN": "abc", "IHCFLOW_NO_AUTH": "1"}, "choose one"),
+        ({"IHCFLOW_MIN_SIDE": "0"}, "min_side must be >= 1"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_empty_token_serves_open_only_with_no_auth() -> None:
+    assert not Settings.from_env({"IHCFLOW_TOKEN": ""}, no_auth=True).auth_enabled
+    assert not Settings.from_env({"IHCFLOW_TOKEN": "", "IHCFLOW_NO_AUTH": "1"}).auth_enabled
+    assert not Settings.from_env({}).auth_enabled  # no variable at all: open, as before
 
 
 def test_token_from_file(tmp_path: Path) -> None:
@@ -189,6 +201,25 @@ def test_killed_writer_loses_nothing_it_reported_written(tmp_path: Path) -> None
     assert len(records) >= reported + 1
 
 
+def test_record_after_a_partial_last_line_starts_a_new_line(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    log = PredictionLog(tmp_path)
+    log.write([_record(now, 0)])
+    [path] = tmp_path.glob("*.jsonl")
+    with open(path, "ab") as fh:  # a writer killed mid-line (another worker, or us earlier)
+        fh.write(b'{"ts": "2026-01-01T00:00:00.000Z", "request_id": "cut", "predi')
+    log.write([_record(now, 1)])  # the descriptor is already open
+    log.close()
+    with open(path, "ab") as fh:
+        fh.write(b'{"ts": "2026')
+    PredictionLog(tmp_path).write([_record(now, 2)])  # a restarted server
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    good = [json.loads(line) for line in lines[:-1] if not line.startswith(b'{"ts": ')]
+    assert [r["request_id"] for r in good] == ["r0", "r1", "r2"]  # none glued to a fragment
+    assert len(lines) == 6  # r0, fragment, r1, fragment, r2, ""
+
+
 # --- the model ----------------------------------------------------------------------------------
 
 
@@ -199,7 +230,7 @@ def test_served_model_prepares_like_the_pipeline_and_predicts(tmp_path: Path) ->
     )  # fmt: skip
     prepared = model.prepare(png((230, 20, 20)), "red.png", max_pixels=10_000)
     assert prepared.image.shape == (SIZE, SIZE, 3) and prepared.format == "PNG"
-    assert prepared.features["width"] == 20 and prepared.features["height"] == 30
+    assert prepared.acquisition["width"] == 20 and prepared.acquisition["height"] == 30
     probs, embedding = model.predict(prepared.image[None])
     np.testing.assert_allclose(embedding[0], np.array([230, 20, 20]) / 255, atol=1e-6)
     assert CLASSES[int(probs[0].argmax())] == "neg" and probs.sum() == pytest.approx(1)
@@ -207,6 +238,11 @@ def test_served_model_prepares_like_the_pipeline_and_predicts(tmp_path: Path) ->
         model.prepare(png((1, 2, 3), (200, 100)), "big.png", max_pixels=10_000)
     with pytest.raises(ValueError, match=r"anim.gif: GIF images are not accepted"):
         model.prepare(png((1, 2, 3), fmt="GIF"), "anim.gif", max_pixels=10_000)
+    for size in ((1, 1), (3, 3), (10_000, 1), (15, 40)):
+        with pytest.raises(ImageError) as err:
+            model.prepare(png((1, 2, 3), size), "tiny.png", max_pixels=10**6, min_side=16)
+        assert err.value.reason == "too_small" and "minimum of 16 px" in str(err.value)
+    assert model.prepare(png((1, 2, 3), (16, 40)), "ok.png", max_pixels=10**6, min_side=16)
 
 
 def test_model_folder_problems_are_named(tmp_path: Path) -> None:
@@ -294,6 +330,56 @@ def test_prediction_that_cannot_be_logged_is_not_returned(tmp_path: Path) -> Non
         metrics = client.get("/metrics").text
     assert (second.status_code, second.json()["error"]) == (503, "log_unavailable")
     assert "ihcflow_prediction_log_errors_total 1.0" in metrics
+
+
+def colour_ood(quantile: float = 0.99) -> dict[str, Any]:
+    """model.json's ``ood`` for :func:`mean_colour_onnx`, whose embedding is the mean RGB:
+    trained on reddish, greenish and grey images."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.85, 0.1, 0.1], [0.1, 0.85, 0.1], [0.5, 0.5, 0.5]])
+    labels = np.arange(600) % 3
+    train = centres[labels] + rng.normal(0, 0.03, (600, 3))
+    val = centres[np.arange(100) % 3] + rng.normal(0, 0.03, (100, 3))
+    return fit_ood(train, labels, 3, components=3).calibrated(val, quantile).to_info()
+
+
+def test_every_image_gets_an_ood_score_returned_logged_and_counted(tmp_path: Path) -> None:
+    settings = Settings(model_dir=write_model(tmp_path / "m", ood=colour_ood()), log_dir=tmp_path)
+    uploads = [
+        ("files", ("red.png", png((215, 28, 25)))),
+        ("files", ("blue.png", png((20, 20, 230)))),
+    ]
+    with serve(create_app(settings)) as client:
+        response = client.post("/predict", files=uploads)
+        model = client.get("/model").json()
+        ready = client.get("/readyz").json()
+        metrics = client.get("/metrics").text
+    assert response.status_code == 200, response.text
+    red, blue = (p["ood"] for p in response.json()["predictions"])
+    assert red["flag"] is False and blue["flag"] is True  # blue: no training class is blue
+    assert red["score"] < model["ood"]["threshold"] < blue["score"]
+    [path] = tmp_path.glob("*.jsonl")
+    assert [r["ood"] for r in read_log(path)] == [red, blue]
+    assert model["ood"]["available"] and model["ood"]["quantile"] == 0.99 and ready["ood"]
+    assert 'ihcflow_ood_flagged_total{model_version="2.1.0"} 1.0' in metrics
+    assert 'ihcflow_ood_score_ratio_count{model_version="2.1.0"} 2.0' in metrics
+    assert 'ihcflow_ood_score_ratio_bucket{le="1.0",model_version="2.1.0"} 1.0' in metrics
+
+
+def test_a_model_json_without_ood_serves_without_it_and_says_so(tmp_path: Path) -> None:
+    settings = Settings(model_dir=write_model(tmp_path / "m"), log_dir=tmp_path)
+    with serve(create_app(settings)) as client:
+        response = client.post("/predict", files=[("files", ("a.png", png((215, 28, 25))))])
+        model = client.get("/model").json()
+        ready = client.get("/readyz").json()
+    assert response.status_code == 200 and response.json()["predictions"][0]["ood"] is None
+    assert model["ood"]["available"] is False and "no 'ood' section" in model["ood"]["reason"]
+    assert ready["ood"] is False
+    [path] = tmp_path.glob("*.jsonl")
+    assert "ood" not in read_log(path)[0]
+    broken = write_model(tmp_path / "broken", ood={**colour_ood(), "method": "energy"})
+    with pytest.raises(ModelLoadError, match="ood.method 'energy' unknown"):
+        ServedModel.load(broken)
 
 
 def test_log_images_keeps_the_uploaded_bytes(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ GOOD = {
 }
 CONVERTED = {
     "a/gray.png": pil_bytes(Image.new("L", (6, 5), 77), "PNG"),
-    "a/rgba.png": pil_bytes(Image.new("RGBA", (6, 5), (10, 20, 30, 0)), "PNG"),
+    "a/rgba.png": pil_bytes(Image.new("RGBA", (6, 5), (10, 20, 30, 128)), "PNG"),
     "b/palette.png": pil_bytes(Image.new("RGB", (6, 5), (200, 100, 50)).convert("P"), "PNG"),
     "b/gray16.png": pil_bytes(Image.fromarray(np.full((5, 6), 65535, np.uint16)), "PNG"),
 }
@@ -89,6 +89,7 @@ BAD = {
         "unsupported_mode",
     ),
     "a/bomb.png": (png_with_header(100_000, 100_000), "too_large"),
+    "b/clear.png": (pil_bytes(Image.new("RGBA", (6, 5), (10, 20, 30, 0)), "PNG"), "no_content"),
 }
 DUPLICATES = {
     "a/good1_copy.png": GOOD["a/good1.png"],  # same class: the copy goes, good1.png stays
@@ -282,13 +283,13 @@ def test_fail_policy_lists_every_bad_file(corpus: Path) -> None:
     with pytest.raises(ValidationFailed) as err:
         validate_dataset(corpus, policy="fail", workers=1)
     message = str(err.value)
-    assert "12 of 21 file(s) rejected (policy=fail)" in message
+    assert "13 of 22 file(s) rejected (policy=fail)" in message
     for path, (_, reason) in BAD.items():
         assert f"{path}: {reason}: " in message
     assert "a/good1_copy.png: duplicate" in message
     report = err.value.report
-    assert report["policy"] == "fail" and report["n_rejected"] == 12
-    assert len(report["rejected"]) == 12
+    assert report["policy"] == "fail" and report["n_rejected"] == 13
+    assert len(report["rejected"]) == 13
 
 
 def test_fail_policy_passes_a_clean_data_set(tmp_path: Path) -> None:
@@ -321,10 +322,11 @@ def test_check_file_reports_unreadable_path(tmp_path: Path) -> None:
 def test_summary_names_counts_and_files(corpus: Path) -> None:
     text = summarize(validate_dataset(corpus, workers=1).report, max_listed=2)
     first = text.splitlines()[0]
-    assert first.startswith("layout 1, 2 classes, 21 files: 9 valid, 12 rejected (")
+    assert first.startswith("layout 1, 2 classes, 22 files: 9 valid, 13 rejected (")
     assert (
-        "empty 1, not_an_image 1, corrupt 3, unsupported_mode 3, too_large 1, duplicate 3" in first
+        "empty 1, not_an_image 1, corrupt 3, unsupported_mode 3, too_large 1, no_content 1, "
+        "duplicate 3" in first
     )
     assert first.endswith("4 converted")
     assert "a/bomb.png: too_large" in text
-    assert "... and 10 more (see the report)" in text
+    assert "... and 11 more (see the report)" in text

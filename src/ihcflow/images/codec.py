@@ -172,7 +172,7 @@ def probe(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     except UnidentifiedImageError:
         raise _unidentified(data, source) from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(source, "too_large", f"image too large: {exc}") from None
+        raise _bomb(source, exc, max_pixels) from None
     except Exception as exc:  # PIL raises many types on malformed headers
         raise ImageError(source, "corrupt", f"corrupt image header: {exc}") from None
     if width * height > max_pixels:
@@ -208,6 +208,14 @@ def probe(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     )
 
 
+def _bomb(source: str, exc: Image.DecompressionBombError, max_pixels: int) -> ImageError:
+    """PIL refused the header before we could read the size: say so with *our* limit (PIL's
+    own, ``2 x Image.MAX_IMAGE_PIXELS``, means nothing to the caller)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{found.group(1)} pixels" if found else "more pixels than PIL opens"
+    return ImageError(source, "too_large", f"image too large: {size} > limit {max_pixels}")
+
+
 def verify_decodes(data: bytes, source: str) -> None:
     """Fully decode with PIL to catch truncated or corrupt pixel data (cv2 only warns).
 
@@ -237,7 +245,9 @@ def _to_uint8(arr: np.ndarray, source: str) -> np.ndarray:
     raise ImageError(source, "unsupported_mode", f"unsupported sample type {arr.dtype}")
 
 
-def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray, source: str) -> np.ndarray:
+    if not alpha.any():  # blank white once composited: nothing to measure or classify
+        raise ImageError(source, "no_content", "image is fully transparent (alpha 0 everywhere)")
     a = alpha.astype(np.float32)[..., None] / 255.0
     out = rgb.astype(np.float32) * a + 255.0 * (1.0 - a)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
@@ -291,7 +301,7 @@ def _cv2_to_rgb(arr: np.ndarray, source: str, *, has_alpha: bool) -> np.ndarray:
     arr = _to_uint8(arr, source)
     if arr.shape[2] == 4:
         rgb = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
-        return _composite_on_white(rgb, arr[..., 3]) if has_alpha else rgb
+        return _composite_on_white(rgb, arr[..., 3], source) if has_alpha else rgb
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
@@ -302,7 +312,7 @@ def _decode_with_pil(data: bytes, source: str) -> np.ndarray:
             transparent = "transparency" in img.info and img.mode in {"L", "RGB", "1"}
             if transparent or img.mode in {"LA", "PA", "RGBA", "P"}:
                 rgba = np.asarray(img.convert("RGBA"))
-                return _composite_on_white(rgba[..., :3], rgba[..., 3])
+                return _composite_on_white(rgba[..., :3], rgba[..., 3], source)
             if img.mode.startswith("I"):
                 gray = _to_uint8(np.asarray(img).astype(np.uint32), source)
                 return np.repeat(gray[..., None], 3, axis=2)

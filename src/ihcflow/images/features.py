@@ -1,21 +1,26 @@
-"""Cheap per-image features: the reference for drift monitoring (``reports/data/features.csv``).
+"""Per-image features for drift monitoring: the contract both sides of a comparison share.
 
-They are computed on the decoded input image *before* any correction, by the ``preprocess``
-stage for every training image and by the server for every request, so a darker scanner or a
-weaker stain shows up as drift instead of being corrected away.
+**Content features** (:data:`FEATURE_COLUMNS`: colour, stain amounts, brightness, contrast,
+sharpness) are measured on the decoded image *before* any correction, so a darker scanner or a
+weaker stain shows up as drift instead of being corrected away, and at **one analysis
+resolution**: the image resized to ``size`` x ``size`` px with ``interpolation``, the model's
+input size and filter (``preprocess.size``/``interpolation``, recorded in ``model.json`` as
+``features``: :func:`feature_contract`). The ``preprocess`` stage (every training image) and
+the server (every upload) call :func:`image_features` through
+:func:`ihcflow.images.prepare.prepare_image` with the same params, so a 200 px crop and the
+28 px training image made from it are measured alike, while a full frame (other content)
+is not. They are stored at full precision on both sides (features.csv and the log hold the
+float's shortest round-trip repr): reading them back gives exactly what was computed.
 
-Scale: everything except ``width``/``height`` is measured on one working copy, the input
-averaged over k x k pixel blocks with the smallest integer k that brings its longer side to
-at most :data:`ANALYSIS_MAX_SIDE` px (never enlarged; a 512 px image is measured at 256 px, a
-363 px one at 181 px). That keeps the cost at about a millisecond whatever the input size, and
-``sharpness`` (which depends strongly on scale) is measured at the same scale for a training
-image and a served image of the same size. Compare sharpness only between similar sizes.
+**Acquisition properties** (:data:`ACQUISITION_COLUMNS`: width, height, bit depth, format,
+file size) describe the file, not the cell: a drift report shows them in a separate
+data-quality section (reported, can warn) and never counts them as content drift.
 
 Units: ``brightness``, ``contrast``, ``p01``, ``p99`` are L of CIE Lab scaled to 0..1 (the
 same definition ``auto_correct`` uses); ``saturation`` is HSV saturation and ``mean_r/g/b``
 are channel means, all 0..1; the stain features are Ruifrok-Johnston colour deconvolution
 with skimage's H-E-DAB matrix (identical to ``skimage.color.rgb2hed``); ``sharpness`` is the
-variance of the Laplacian of the 8-bit grey image; ``width``/``height`` are the input's px.
+variance of the Laplacian of the 8-bit grey image at the analysis size.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ihcflow.images.ops import check_rgb, histogram_stats
+from ihcflow.images.codec import ImageInfo
+from ihcflow.images.ops import check_rgb, histogram_stats, resize
 
 FEATURE_COLUMNS = [
     "brightness",
@@ -40,10 +46,9 @@ FEATURE_COLUMNS = [
     "dab_std",
     "eosin_mean",
     "sharpness",
-    "width",
-    "height",
 ]
-ANALYSIS_MAX_SIDE = 256
+ACQUISITION_COLUMNS = ["width", "height", "bit_depth", "format", "bytes"]  # of the file
+ACQUISITION_NUMERIC = ["width", "height", "bit_depth", "bytes"]  # "format" is a name
 
 # skimage.color.rgb_from_hed (Ruifrok & Johnston 2001): rows are the OD colours of
 # hematoxylin, eosin and DAB. Copied so the features do not depend on skimage at serve time.
@@ -54,33 +59,28 @@ _HED_TRANSFORM = np.ascontiguousarray(HED_FROM_RGB.T)  # cv2.transform multiplie
 _OD_LUT = (np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / np.log(1e-6)).astype(np.float32)
 
 
-def analysis_copy(rgb: np.ndarray, max_side: int = ANALYSIS_MAX_SIDE) -> np.ndarray:
-    """``rgb`` averaged over k x k blocks, k the smallest integer that brings the longer side
-    to at most ``max_side`` (the < k leftover rows/columns are cropped evenly). An integer
-    factor keeps this to one fast pass and gives images of the same size the same scale."""
-    height, width = rgb.shape[:2]
-    k = -(-max(height, width) // max_side)
-    if k == 1:
-        return rgb
-    if min(height, width) < k:  # a sliver: too thin for whole blocks
-        size = (max(1, width // k), max(1, height // k))
-        return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-    y0, x0 = (height % k) // 2, (width % k) // 2
-    blocks = rgb[y0 : y0 + height // k * k, x0 : x0 + width // k * k]
-    return cv2.resize(blocks, (width // k, height // k), interpolation=cv2.INTER_AREA)
-
-
 def stain_concentrations(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32 hematoxylin, eosin, DAB amounts, as ``skimage.color.rgb2hed``."""
     stains = cv2.transform(cv2.LUT(check_rgb(rgb), _OD_LUT), _HED_TRANSFORM)
     return np.maximum(stains, 0.0, out=stains)
 
 
-def image_features(rgb: np.ndarray) -> dict[str, float]:
-    """The :data:`FEATURE_COLUMNS` of one (H, W, 3) uint8 RGB image (OpenCV-vectorised)."""
-    check_rgb(rgb)
-    height, width = rgb.shape[:2]
-    small = analysis_copy(rgb)
+def feature_contract(size: int, interpolation: str) -> dict[str, object]:
+    """``model.json``'s ``features``: how the content features of this model's reference and
+    of its uploads are measured, and which columns are which."""
+    return {
+        "analysis_size": int(size),
+        "interpolation": str(interpolation),
+        "content": list(FEATURE_COLUMNS),
+        "acquisition": list(ACQUISITION_COLUMNS),
+    }
+
+
+def image_features(rgb: np.ndarray, size: int, interpolation: str = "area") -> dict[str, float]:
+    """The :data:`FEATURE_COLUMNS` of one (H, W, 3) uint8 RGB image, measured on it resized to
+    ``size`` x ``size`` px with ``interpolation`` (:func:`ihcflow.images.ops.resize`, the
+    model's own resize), OpenCV-vectorised."""
+    small = resize(check_rgb(rgb), size, interpolation)
     lum = cv2.cvtColor(small, cv2.COLOR_RGB2Lab)[..., 0]
     hist = cv2.calcHist([lum], [0], None, [256], [0, 256]).ravel()
     mean, std, (p01, p99) = histogram_stats(hist, (1, 99))
@@ -104,6 +104,16 @@ def image_features(rgb: np.ndarray) -> dict[str, float]:
         "dab_std": float(hed_std[2]),
         "eosin_mean": float(hed_mean[1]),
         "sharpness": float(sharpness),
-        "width": float(width),
-        "height": float(height),
+    }
+
+
+def acquisition(info: ImageInfo, n_bytes: int) -> dict[str, int | str]:
+    """The :data:`ACQUISITION_COLUMNS` of a file from its header (:func:`~ihcflow.images.codec.
+    probe`) and its size in bytes."""
+    return {
+        "width": int(info.width),
+        "height": int(info.height),
+        "bit_depth": int(info.bit_depth),
+        "format": str(info.format),
+        "bytes": int(n_bytes),
     }

@@ -3,7 +3,8 @@
 :func:`prepare_image` is the one path from a file to what the model sees, shared by the
 ``preprocess`` stage (every training image), the server (every upload) and drift monitoring
 (a folder of new images): decode, measure the drift features on the decoded image (before any
-correction), then :func:`preprocess_image`, which composes the operations of
+correction, at the model's input size: :mod:`ihcflow.images.features`) and the file's
+acquisition properties, then :func:`preprocess_image`, which composes the operations of
 :mod:`ihcflow.images.ops` in the pipeline's order from the ``preprocess`` params.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from ihcflow.config import ConfigError, plain, typed
 from ihcflow.images.codec import DEFAULT_MAX_PIXELS, decode_rgb8
-from ihcflow.images.features import image_features
+from ihcflow.images.features import acquisition, image_features
 from ihcflow.images.ops import (
     auto_correct,
     check_rgb,
@@ -144,6 +145,20 @@ def check_params(params: ImageParams) -> None:
         raise ConfigError(f"params `preprocess`: {exc}") from None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One image ready for the model, and what drift monitoring records about it."""
+
+    image: np.ndarray  # (S, S, 3) uint8 RGB, what the model sees
+    features: dict[str, float]  # FEATURE_COLUMNS: the decoded image at the model's input size
+    acquisition: dict[str, int | str]  # ACQUISITION_COLUMNS: the file's size, depth, format
+    applied: dict[str, bool]  # what preprocess_image applied
+
+    @property
+    def format(self) -> str:
+        return str(self.acquisition["format"])
+
+
 def prepare_image(
     data: bytes,
     source: str,
@@ -151,17 +166,18 @@ def prepare_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strict: bool = False,
-) -> tuple[np.ndarray, dict[str, float], dict[str, bool]]:
-    """Raw file bytes -> (model-ready RGB image, drift features, what was applied).
+) -> Prepared:
+    """Raw file bytes -> the model-ready image, its drift features and acquisition properties.
 
     Decode, measure :data:`~ihcflow.images.features.FEATURE_COLUMNS` on the decoded image
-    (before any correction), then :func:`preprocess_image`. ``strict`` also rejects damaged
-    pixel data (the server has no validate stage before it).
+    (before any correction) at ``params.size`` with ``params.interpolation``, then
+    :func:`preprocess_image`. ``strict`` also rejects damaged pixel data (the server has no
+    validate stage before it).
     """
-    rgb, _ = decode_rgb8(data, source, max_pixels=max_pixels, strict=strict)
-    features = image_features(rgb)
+    rgb, info = decode_rgb8(data, source, max_pixels=max_pixels, strict=strict)
+    features = image_features(rgb, params.size, params.interpolation)
     out, applied = preprocess_image(rgb, params)
-    return out, features, applied
+    return Prepared(out, features, acquisition(info, len(data)), applied)
 
 
 def tune_malloc(max_reused: int = 32 << 20) -> bool:

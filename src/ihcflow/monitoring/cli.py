@@ -15,6 +15,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from ihcflow.config import ConfigError
+from ihcflow.images.prepare import ImageParams
 from ihcflow.monitoring.drift import WINDOWS, DriftParams
 from ihcflow.monitoring.report import EXIT_ERROR, EXIT_NO_DRIFT, run_drift, write_report
 from ihcflow.monitoring.sources import (
@@ -111,6 +113,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _image_params(args: argparse.Namespace) -> ImageParams | None:
+    """The ``preprocess`` section of ``--params`` (how the reference images were measured),
+    for an image folder checked without ``--model``; None without one."""
+    if not args.params.is_file():
+        return None
+    node = OmegaConf.select(OmegaConf.load(args.params), "preprocess")
+    if node is None:
+        return None
+    try:
+        return ImageParams.from_section(node)
+    except ConfigError as exc:
+        raise DriftInputError(f"{args.params}: {exc}") from None
+
+
 def _params(args: argparse.Namespace) -> tuple[DriftParams, str]:
     section: dict[str, Any] = {}
     if args.params.is_file():
@@ -172,7 +188,12 @@ def drift(args: argparse.Namespace) -> int:
                 f"{args.current}: an image folder has no times; --window/--since/--until need "
                 "prediction logs"
             )
-        current = read_image_folder(args.current, model=model, features=params.features)
+        current = read_image_folder(
+            args.current,
+            model=model,
+            image_params=None if model else _image_params(args),
+            features=params.features,
+        )
     else:
         raise DriftInputError(
             f"{args.current}: not found (expected a folder of predictions-*.jsonl, a .jsonl "

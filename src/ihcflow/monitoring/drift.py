@@ -96,6 +96,7 @@ class DriftParams:
     embedding_min_auc: float = 0.55
     embedding_pca: int = 16
     embedding_plot_sample: int = 500
+    quality_share: float = 0.05
     features: tuple[str, ...] = tuple(FEATURE_COLUMNS)
 
     def __post_init__(self) -> None:
@@ -109,6 +110,7 @@ class DriftParams:
             ("embedding_min_auc", 0.5 <= self.embedding_min_auc < 1.0, "in [0.5, 1)"),
             ("embedding_pca", self.embedding_pca >= 1, ">= 1"),
             ("embedding_plot_sample", self.embedding_plot_sample >= 50, ">= 50"),
+            ("quality_share", 0.0 <= self.quality_share < 1.0, "in [0, 1)"),
         )
         for name, ok, rule in checks:
             if not ok:
@@ -175,7 +177,13 @@ class Comparison:
     embedding: EmbeddingResult | None = None
     embedding_note: str = ""
     reason: str = ""
+    ood_scored: int = 0  # current rows the server gave an out-of-distribution score
+    ood_flagged: int = 0  # ... and flagged
     snapshot: Any = None  # the Evidently Snapshot (whole-selection comparison only)
+
+    @property
+    def ood_share(self) -> float | None:
+        return self.ood_flagged / self.ood_scored if self.ood_scored else None
 
     @property
     def dataset_drift(self) -> bool | None:
@@ -202,6 +210,11 @@ class Comparison:
             "skipped_columns": self.skipped,
             "embedding": None if self.embedding is None else asdict(self.embedding),
             "embedding_note": self.embedding_note or None,
+            "ood": {
+                "scored": self.ood_scored,
+                "flagged": self.ood_flagged,
+                "share": self.ood_share,
+            },
         }
 
 
@@ -305,10 +318,20 @@ def _tested_columns(
     tested, skipped = [], {}
     for name, kind in columns:
         ref, cur = reference.frame[name], current.frame[name]
-        if ref.nunique() == 1 and cur.nunique() == 1 and ref.iloc[0] == cur.iloc[0]:
-            skipped[name] = f"constant: {ref.iloc[0]} in every row of both"
-        else:
+        if ref.nunique() != 1:
             tested.append((name, kind))
+            continue
+        # No spread to compare with: K-S is degenerate and the normed Wasserstein distance
+        # divides by a zero spread (scores of 1e5). Listed, not tested, never counted.
+        value = ref.iloc[0]
+        differ = int((cur != value).sum())
+        if differ == 0:
+            skipped[name] = f"constant: {value} in every row of both"
+        else:
+            skipped[name] = (
+                f"constant in the reference ({value}), so not tested: {differ} of {len(cur)} "
+                "current rows differ"
+            )
     return tested, skipped
 
 
@@ -330,6 +353,9 @@ def compare(
 
 def _compare(reference: Table, current: Table, params: DriftParams, html: bool) -> Comparison:
     result = Comparison(len(reference), len(current), "no_drift", params.drift_share)
+    if "ood_flag" in current.frame:
+        flags = current.frame["ood_flag"].dropna()
+        result.ood_scored, result.ood_flagged = len(flags), int(flags.astype(bool).sum())
     if len(current) < params.min_rows:
         result.status = "not_enough_data"
         result.reason = f"{len(current)} current rows < min_rows {params.min_rows}"
@@ -641,6 +667,7 @@ class Window:
             "drifted_columns": c.drifted_columns,
             "embedding_auc": None if c.embedding is None else c.embedding.score,
             "embedding_drift": None if c.embedding is None else c.embedding.drifted,
+            "ood_flagged_share": c.ood_share,
             "reason": c.reason or None,
         }
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ihcflow.files import atomic_dir
 from ihcflow.monitoring.drift import Comparison, DriftParams, Window, compare, compare_windows
+from ihcflow.monitoring.quality import data_quality
 from ihcflow.monitoring.sources import Table
 
 EXIT_NO_DRIFT, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
@@ -42,6 +43,7 @@ class DriftRun:
     until: pd.Timestamp | None = None
     params: DriftParams = field(default_factory=DriftParams)
     model: str | None = None
+    quality: dict[str, Any] = field(default_factory=dict)  # monitoring.quality.data_quality
 
     @property
     def exit_code(self) -> int:
@@ -80,6 +82,7 @@ class DriftRun:
             },
             "params": {k: v for k, v in vars(self.params).items() if k != "features"},
             "overall": self.overall.to_dict(),
+            "data_quality": self.quality,
             "windows": [w.to_dict() for w in self.windows],
         }
 
@@ -106,7 +109,10 @@ def run_drift(
     windows = []
     if window != "none":
         windows = compare_windows(reference, current, params, window, since=since, until=until)
-    return DriftRun(reference, current, overall, windows, window, since, until, params, model)
+    quality = data_quality(reference.frame, current.frame, params.quality_share)
+    return DriftRun(
+        reference, current, overall, windows, window, since, until, params, model, quality
+    )
 
 
 # ------------------------------------------------------------------------------- the files
@@ -152,6 +158,8 @@ def flat_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
         "embedding_auc": emb.get("score"),
         "current_rows": summary["current"]["rows"],
         "reference_rows": summary["reference"]["rows"],
+        "ood_flagged_share": o["ood"]["share"],
+        "data_quality_warnings": len((summary.get("data_quality") or {}).get("warnings", [])),
         "windows_drifted": sum(bool(w["dataset_drift"]) for w in summary["windows"]),
         "windows_without_enough_data": sum(
             w["status"] == "not_enough_data" for w in summary["windows"]
@@ -288,13 +296,17 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             )
         for name, why in o["skipped_columns"].items():
             lines.append(f"| {name} | not tested: {why} | | | |")
+    ood = o.get("ood") or {}
+    if ood.get("scored"):
+        lines += ["", f"- out of distribution: {_ood(ood)} (flagged by the server per image)"]
+    lines += _quality_lines(summary.get("data_quality") or {})
     if summary["windows"]:
         lines += [
             "",
             f"## Per {summary['window']}",
             "",
-            "| window | rows | share | drift | drifted columns |",
-            "|---|---:|---:|---|---|",
+            "| window | rows | share | drift | drifted columns | OOD flagged |",
+            "|---|---:|---:|---|---|---:|",
         ]
         for w in summary["windows"]:
             if w["status"] == "not_enough_data":
@@ -303,11 +315,43 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                 verdict = "**DRIFT**" if w["dataset_drift"] else "no"
                 share = f"{w['share']:.2f}"
             cols = ", ".join(w["drifted_columns"])
-            lines.append(f"| {w['start'][:10]} | {w['rows']} | {share} | {verdict} | {cols} |")
+            flagged = w.get("ood_flagged_share")
+            flagged_text = "n/a" if flagged is None else f"{flagged:.1%}"
+            lines.append(
+                f"| {w['start'][:10]} | {w['rows']} | {share} | {verdict} | {cols} | "
+                f"{flagged_text} |"
+            )
     problems = summary["current"]["problems"]
     if problems:
         lines += ["", "## Left out (first examples)", ""] + [f"- `{p}`" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def _ood(ood: Mapping[str, Any]) -> str:
+    return f"{ood['flagged']} of {ood['scored']} images ({ood['share']:.1%})"
+
+
+def _quality_lines(quality: Mapping[str, Any]) -> list[str]:
+    """The data-quality section: acquisition properties, reported, never counted as drift."""
+    if not quality.get("columns"):
+        return []
+    lines = [
+        "",
+        "## Data quality (acquisition: reported, not counted as drift)",
+        "",
+        "| property | reference | current | outside the reference | warning |",
+        "|---|---|---|---:|---|",
+    ]
+    for c in quality["columns"]:
+        if c["share"] is None:
+            lines.append(f"| {c['column']} | {c['note']} | | | |")
+            continue
+        mark = "**yes**" if c["warn"] else "no"
+        lines.append(
+            f"| {c['column']} | {c['reference']} | {c['current']} | "
+            f"{c['outside']} of {c['rows']} ({c['share']:.0%}) | {mark} |"
+        )
+    return lines
 
 
 def _with_banner(page: str, summary: Mapping[str, Any], plot: bytes | None) -> str:
@@ -324,6 +368,11 @@ def _with_banner(page: str, summary: Mapping[str, Any], plot: bytes | None) -> s
     notes = summary["reference"]["notes"] + summary["current"]["notes"]
     if summary["overall"]["embedding_note"]:
         notes.append(summary["overall"]["embedding_note"])
+    ood = summary["overall"].get("ood") or {}
+    if ood.get("scored"):
+        notes.append(f"out of distribution: {_ood(ood)}")
+    warnings = (summary.get("data_quality") or {}).get("warnings", [])
+    notes += [f"data quality warning: {w}" for w in warnings]
     items += [f"<li>{html.escape(n)}</li>" for n in notes]
     image = ""
     if plot is not None:

@@ -28,9 +28,9 @@ from ihcflow.config import ConfigError
 from ihcflow.dataset import load_images, read_split, split_rows
 from ihcflow.errors import PipelineError
 from ihcflow.files import atomic_path, sha256_bytes, sha256_file
-from ihcflow.images.codec import IMAGE_SUFFIXES, decode_rgb8
-from ihcflow.images.features import FEATURE_COLUMNS, image_features
-from ihcflow.images.prepare import ImageParams, check_params, prepare_image
+from ihcflow.images.codec import IMAGE_SUFFIXES
+from ihcflow.images.features import ACQUISITION_COLUMNS, ACQUISITION_NUMERIC, FEATURE_COLUMNS
+from ihcflow.images.prepare import ImageParams, Prepared, check_params, prepare_image
 from ihcflow.model_format import OnnxModel, model_files, read_model_info
 from ihcflow.prediction_log import LOG_GLOB, log_file_day, log_files, read_records
 from ihcflow.tables import FEATURES, read_table
@@ -45,9 +45,11 @@ class DriftInputError(PipelineError):
 
 @dataclass
 class Table:
-    """Rows to compare: ``frame`` has the feature columns (float), ``predicted`` (str) when
-    known and, for logs, ``ts`` (UTC) and ``model_version``; ``embeddings`` is (N, D) float32
-    aligned with the rows, or None."""
+    """Rows to compare: ``frame`` has the feature columns (float), the acquisition columns
+    when known (:data:`ACQUISITION_COLUMNS`, NaN/"" where not), ``predicted`` (str) when known,
+    for logs ``ts`` (UTC) and ``model_version``, and ``ood_score``/``ood_flag`` when the
+    server scored the images; ``embeddings`` is (N, D) float32 aligned with the rows, or
+    None."""
 
     frame: pd.DataFrame
     embeddings: np.ndarray | None
@@ -126,7 +128,23 @@ def numeric_features(frame: pd.DataFrame, columns: Sequence[str], source: str) -
             f"{source}: lacks feature column(s) {missing} (has {list(frame.columns)}); expected "
             "the preprocess stage's features.csv (docs/pipeline.md)"
         )
-    return frame[list(columns)].apply(pd.to_numeric, errors="coerce").astype(np.float64)
+    return frame[list(columns)].apply(_exact_floats).astype(np.float64)
+
+
+def _exact_floats(column: pd.Series) -> pd.Series:
+    """A column as float64, NaN where a value is not a number. Text is parsed with Python's
+    ``float``, which reads a repr back exactly; ``pd.to_numeric``'s fast parser may be off by
+    an ulp, and then identical features would differ between the two sides."""
+    if column.dtype != object:
+        return pd.to_numeric(column, errors="coerce")
+
+    def parse(value: Any) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return math.nan
+
+    return column.map(parse)
 
 
 def load_reference(
@@ -181,6 +199,7 @@ def load_reference(
             f"(e.g. {where[bad.to_numpy()].head(3).tolist()})"
         )
     frame = values.reset_index(drop=True)
+    _add_acquisition(frame, table.reset_index(drop=True))
     embeddings = None
     if model is not None or embeddings_file is not None:
         keys = table["sha256"].astype(str).tolist() if "sha256" in table else None
@@ -209,6 +228,18 @@ def load_reference(
         frame["predicted"] = table["class"].astype(str).to_numpy()
         notes.append("reference class distribution: the training labels (no model predictions)")
     return Table(frame, embeddings, source, "reference", {"rows": len(frame)}, [], notes)
+
+
+def _add_acquisition(frame: pd.DataFrame, source: pd.DataFrame) -> None:
+    """Copy the acquisition columns ``source`` has into ``frame`` (numbers as float, NaN when
+    missing; ``format`` as text): a features.csv from before they were recorded has none."""
+    for column in ACQUISITION_COLUMNS:
+        if column not in source:
+            continue
+        if column in ACQUISITION_NUMERIC:
+            frame[column] = _exact_floats(source[column]).to_numpy()
+        else:
+            frame[column] = source[column].fillna("").astype(str).to_numpy()
 
 
 def _embeddings_from_file(path: Path, keys: list[str]) -> tuple[np.ndarray, list[str] | None]:
@@ -270,6 +301,8 @@ class _Parsed:
     version: list[str] = field(default_factory=list)
     predicted: list[str] = field(default_factory=list)
     features: list[list[Any]] = field(default_factory=list)
+    acquisition: list[dict[str, Any]] = field(default_factory=list)
+    ood: list[dict[str, Any]] = field(default_factory=list)
     embedding: list[np.ndarray | None] = field(default_factory=list)
     where: list[str] = field(default_factory=list)
 
@@ -289,6 +322,11 @@ def _parse_lines(files: Sequence[Path], columns: Sequence[str]) -> tuple[_Parsed
         out.version.append(str(rec["model_version"]))
         out.predicted.append(str(rec["predicted"]))
         out.features.append([rec["features"].get(c) for c in columns])
+        # older records kept width/height among the features
+        given = rec.get("acquisition")
+        out.acquisition.append(given if isinstance(given, dict) else rec["features"])
+        ood = rec.get("ood")
+        out.ood.append(ood if isinstance(ood, dict) else {})
         out.embedding.append(_embedding(rec.get("embedding")))
         out.where.append(where)
     return out, bad, problems
@@ -413,6 +451,11 @@ def _records_frame(
         problems.append(f"{parsed.where[i]}: ts {parsed.ts[i]!r} is not an ISO 8601 time")
     frame = numeric_features(pd.DataFrame(parsed.features, columns=list(features)), features, "")
     frame = frame.where(np.isfinite(frame.to_numpy()))
+    _add_acquisition(frame, pd.DataFrame(parsed.acquisition, columns=ACQUISITION_COLUMNS))
+    if any(parsed.ood):
+        ood = pd.DataFrame(parsed.ood, columns=["score", "flag"])
+        frame["ood_score"] = _exact_floats(ood["score"]).to_numpy()
+        frame["ood_flag"] = ood["flag"].map(lambda v: v if isinstance(v, bool) else None)
     frame["predicted"] = parsed.predicted
     frame["model_name"] = parsed.name
     frame["model_version"] = parsed.version
@@ -538,73 +581,84 @@ def image_files(folder: str | Path) -> tuple[list[Path], int]:
     return files, others
 
 
-def _decoded(files: Sequence[Path], params: ImageParams | None) -> Iterator[tuple[Path, Any]]:
+def _prepared(files: Sequence[Path], params: ImageParams) -> Iterator[tuple[Path, Any]]:
     for path in files:
         try:
-            data = path.read_bytes()
-            if params is None:
-                rgb, _ = decode_rgb8(data, str(path), strict=True)
-                yield path, (None, image_features(rgb))
-            else:
-                out, feats, _ = prepare_image(data, str(path), params, strict=True)
-                yield path, (out, feats)
+            yield path, prepare_image(path.read_bytes(), str(path), params, strict=True)
         except (OSError, ValueError) as exc:  # ImageError is a ValueError
             yield path, exc
 
 
+def folder_params(model: Model | None, params: ImageParams | None) -> ImageParams:
+    """How the images of a folder are measured (and prepared): the model's recorded
+    ``preprocess`` params, else ``params`` (the project's ``preprocess`` section, which made
+    the reference). Content features depend on the analysis size, so one of them is needed."""
+    if model is None:
+        if params is None:
+            raise DriftInputError(
+                "an image folder is measured at the reference's analysis size: pass --model "
+                "(its model.json records it) or a params.yaml with the preprocess section"
+            )
+        return params
+    try:
+        chosen = ImageParams.from_section(model.preprocess)
+        check_params(chosen)
+    except ConfigError as exc:
+        raise DriftInputError(
+            f"{model_files(model.path)[1]}: new images cannot be prepared like the "
+            f"training images: {exc}"
+        ) from None
+    return chosen
+
+
 def read_image_folder(
-    folder: str | Path, *, model: Model | None = None, features: Sequence[str] = FEATURE_COLUMNS
+    folder: str | Path,
+    *,
+    model: Model | None = None,
+    image_params: ImageParams | None = None,
+    features: Sequence[str] = FEATURE_COLUMNS,
 ) -> Table:
     """Features (and, with ``model``, embedding and predicted class) of every image under
-    ``folder``: decoded, measured before correction, and prepared exactly like the server's
-    uploads. Unreadable images are left out and listed."""
+    ``folder``: decoded, measured before correction at the model's input size, and prepared
+    exactly like the server's uploads (:func:`folder_params`). Unreadable images are left out
+    and listed."""
     folder = Path(folder)
-    params = None
-    if model is not None:
-        try:
-            params = ImageParams.from_section(model.preprocess)
-            check_params(params)
-        except ConfigError as exc:
-            raise DriftInputError(
-                f"{model_files(model.path)[1]}: new images cannot be prepared like the "
-                f"training images: {exc}"
-            ) from None
+    params = folder_params(model, image_params)
     files, others = image_files(folder)
     if not files:
         raise DriftInputError(
             f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no prediction logs "
             f"({LOG_GLOB}) in this folder"
         )
-    rows: list[list[float]] = []
+    done: list[Prepared] = []
     names: list[str] = []
-    prepared: list[np.ndarray] = []
     problems: list[str] = []
     unreadable = 0
-    for path, result in _decoded(files, params):
+    for path, result in _prepared(files, params):
         if isinstance(result, Exception):
             unreadable += 1
             if len(problems) < MAX_EXAMPLES:
                 problems.append(f"{path}: {result}")
             continue
-        out, feats = result
-        rows.append([feats[c] for c in features])
+        done.append(result)
         names.append(str(path.relative_to(folder)))
-        if out is not None:
-            prepared.append(out)
     counts: dict[str, Any] = {
         "files": len(files),
         "unreadable_images": unreadable,
         "other_files": others,
     }
-    if not rows:
+    if not done:
         raise DriftInputError(
             f"{folder}: none of the {len(files)} image(s) could be read (first: {problems[0]})"
         )
-    frame = pd.DataFrame(rows, columns=list(features), dtype=np.float64)
+    frame = pd.DataFrame(
+        [[p.features[c] for c in features] for p in done], columns=list(features), dtype=np.float64
+    )
+    _add_acquisition(frame, pd.DataFrame([p.acquisition for p in done]))
     embeddings = None
-    notes = []
+    notes = [f"features measured at {params.size} px ({params.interpolation})"]
     if model is not None:
-        probs, embeddings = model.run(np.stack(prepared))
+        probs, embeddings = model.run(np.stack([p.image for p in done]))
         frame["predicted"] = model.predicted(probs)
         notes.append(f"embeddings and predictions: model {model.name} {model.version}")
     frame["path"] = names

@@ -120,6 +120,23 @@ def _gate(info: Mapping[str, Any], gate: GateResult) -> Lines:
         f"{onnx['verified_on']} test images (max probability difference "
         f"{onnx['max_abs_diff']:.1e}).",
         "",
+        *_ood(info.get("ood")),
+    ]
+
+
+def _ood(ood: Mapping[str, Any] | None) -> Lines:
+    if not ood:
+        return [
+            "No out-of-distribution threshold: too few validation images to calibrate one; "
+            "the server returns no `ood` scores for this model.",
+            "",
+        ]
+    return [
+        f"Out-of-distribution flag: Mahalanobis distance to the nearest class in the "
+        f"embedding ({ood['components']} axes), threshold {ood['threshold']:.4g} = the "
+        f"{ood['quantile']:g} quantile of {ood['calibrated_on']} validation images' scores "
+        f"({ood['val_flagged']:.1%} of them flagged).",
+        "",
     ]
 
 

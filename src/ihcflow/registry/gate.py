@@ -26,6 +26,8 @@ class GateSettings:
     verify_tolerance: float  # max |ONNX - checkpoint| probability difference accepted
     model_name: str  # name in model.json and the model card
     version: str | None  # null: kept for the same weights, else previous + 1 patch
+    ood_quantile: float  # OOD threshold: this quantile of the validation images' scores
+    ood_components: int  # axes of the shared covariance the OOD score keeps (ihcflow.ood)
 
 
 @dataclass

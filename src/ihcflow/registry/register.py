@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 
 from ihcflow.data.provenance import read_dvc_file, recorded_md5
-from ihcflow.dataset import load_images
+from ihcflow.dataset import load_images, read_split
 from ihcflow.errors import PipelineError
 from ihcflow.evaluation import Predictor, probs_from_predictions
 from ihcflow.files import sha256_file
+from ihcflow.images.features import feature_contract
 from ihcflow.model_format import (
     CARD_NAME,
     JSON_NAME,
@@ -35,6 +36,7 @@ from ihcflow.model_format import (
     input_spec,
     output_spec,
 )
+from ihcflow.ood import MIN_CALIBRATION, OodError, fit_ood
 from ihcflow.registry.card import model_card
 from ihcflow.registry.gate import GateFailed, GateParams, GateResult, GateSettings, evaluate_gate
 from ihcflow.registry.install import (
@@ -111,6 +113,9 @@ def register(
     version = gate.settings.version or next_version(read_registered(models_dir), digest)
     with _staging(models_dir) as staging:
         onnx = export_verified(candidate.predictor, staging, images, probs, gate.settings)
+        ood = calibrate_ood(
+            staging / ONNX_NAME, candidate.predictor, gate.settings, Path(root), Path(split_csv)
+        )
         info = describe(
             candidate,
             evaluated.metrics,
@@ -123,6 +128,8 @@ def register(
             root=Path(root),
             split_csv=Path(split_csv),
         )
+        if ood is not None:
+            info["ood"] = ood
         text = json.dumps(info, indent=2, default=str) + "\n"
         (staging / JSON_NAME).write_text(text)
         (staging / CARD_NAME).write_text(model_card(info, result, evaluated.train_summary))
@@ -202,6 +209,43 @@ def export_verified(
     }
 
 
+def calibrate_ood(
+    onnx_path: Path,
+    predictor: Predictor,
+    settings: GateSettings,
+    root: Path,
+    split_csv: Path,
+) -> dict[str, Any] | None:
+    """``model.json``'s ``ood`` (:mod:`ihcflow.ood`): fitted on the exported model's embeddings
+    of the training images, the threshold at ``ood_quantile`` of the validation images'
+    scores. None when the split has fewer than ``MIN_CALIBRATION`` validation images (the
+    server then serves without OOD scores and says so)."""
+    split = read_split(split_csv, columns=("split", "class", "image"), error=RegisterError)
+    train, val = split[split["split"] == "train"], split[split["split"] == "val"]
+    if len(val) < MIN_CALIBRATION or train.empty:
+        return None
+    names = list(predictor.class_names)
+    model = OnnxModel(onnx_path)
+    size = int(predictor.input_size)
+
+    def embeddings(rows: pd.DataFrame) -> np.ndarray:
+        batch = load_images(rows["image"].tolist(), root, size, error=RegisterError)
+        return model.predict(batch, batch=256)[1]
+
+    labels = [names.index(c) if c in names else -1 for c in train["class"]]
+    known = np.array(labels) >= 0
+    try:
+        scorer = fit_ood(
+            embeddings(train)[known], np.array(labels)[known], len(names), settings.ood_components
+        ).calibrated(val_emb := embeddings(val), settings.ood_quantile)
+    except OodError as exc:
+        raise RegisterError(f"{split_csv}: out-of-distribution calibration: {exc}") from None
+    flagged = float(scorer.flags(scorer.scores(val_emb)).mean())
+    return scorer.to_info(
+        fitted_on=int(known.sum()), calibrated_on=len(val), val_flagged=round(flagged, 4)
+    )
+
+
 def describe(
     candidate: Candidate,
     metrics: Mapping[str, Any],
@@ -218,6 +262,7 @@ def describe(
     """``model.json`` (:mod:`ihcflow.model_format`; every key in docs/pipeline.md)."""
     predictor = candidate.predictor
     config = json.loads(json.dumps(dict(predictor.config or {}), default=str))
+    preprocess = dict(config.get("preprocess") or {})
     return {
         "name": name,
         "version": version,
@@ -227,7 +272,12 @@ def describe(
         "input_size": int(predictor.input_size),
         "input": onnx["input"],
         "outputs": onnx["outputs"],
-        "preprocess": dict(config.get("preprocess") or {}),  # what uploads must be given
+        "preprocess": preprocess,  # what uploads must be given
+        # how drift features are measured on the reference and on uploads: at the input size
+        "features": feature_contract(
+            int(preprocess.get("size", predictor.input_size)),
+            str(preprocess.get("interpolation", "area")),
+        ),
         "metrics": dict(metrics),
         "gate": [
             {"metric": r.metric, "value": r.value, "op": r.op, "threshold": r.threshold}

@@ -45,10 +45,20 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # --- response schemas (OpenAPI docs) --------------------------------------------------------
 
 
+class OodResult(BaseModel):
+    score: float = Field(description="distance to the nearest training class in embedding space")
+    flag: bool = Field(description="score above the threshold calibrated at registration")
+
+
 class ImagePrediction(BaseModel):
     filename: str | None = Field(description="the uploaded file's name (null for a raw body)")
     predicted: str = Field(description="the most probable class")
     probs: dict[str, float] = Field(description="probability per class (sums to 1)")
+    ood: OodResult | None = Field(
+        None,
+        description="out-of-distribution score and flag (null when model.json has no ood "
+        "section: GET /model says why)",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -129,6 +139,10 @@ class ServingState:
         self.not_ready = ""
         self.metrics.model_info.labels(model.name, model.version).set(1)
         self.metrics.ready.set(1)
+        if model.ood is not None:
+            self.metrics.ood_threshold.labels(model.version).set(model.ood.threshold)
+        else:
+            log.warning("no out-of-distribution scoring", extra={"reason": model.ood_note})
         log.info(
             "model loaded",
             extra={
@@ -140,6 +154,7 @@ class ServingState:
                 "auth": s.auth_enabled,
                 "threads": s.intra_op_threads,
                 "concurrency": s.max_concurrency,
+                "ood": model.ood is not None,
             },
         )
 
@@ -323,7 +338,10 @@ def create_app(settings: Settings | None = None, *, model: ServedModel | None = 
         if state.service is None:
             return JSONResponse({"status": "not_ready", "detail": state.not_ready}, 503)
         m = state.service.model
-        return JSONResponse({"status": "ready", "model_name": m.name, "model_version": m.version})
+        return JSONResponse(
+            {"status": "ready", "model_name": m.name, "model_version": m.version,
+             "ood": m.ood is not None}
+        )  # fmt: skip
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def prometheus() -> Response:

@@ -32,6 +32,8 @@ FLAGS = (
     "max_bytes",
     "max_pixels",
     "max_files",
+    "min_side",
+    "no_auth",
     "log_images",
     "log_embedding",
     "log_fsync",
@@ -70,6 +72,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-pixels", type=int, help=f"per image {env.format('MAX_PIXELS')}")
     p.add_argument("--max-files", type=int, help=f"per request {env.format('MAX_FILES')}")
+    p.add_argument(
+        "--min-side",
+        type=int,
+        help=f"px: narrower or lower images are refused {env.format('MIN_SIDE')}; default 16",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=None,
+        help="serve /predict without a token even if IHCFLOW_TOKEN is set but empty "
+        f"{env.format('NO_AUTH')}",
+    )
     p.add_argument(
         "--log-images",
         action=argparse.BooleanOptionalAction,

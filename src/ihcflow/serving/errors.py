@@ -11,6 +11,8 @@ IMAGE_ERROR_STATUS = {
     "unsupported_format": 415,
     "unsupported_mode": 415,
     "corrupt": 422,
+    "too_small": 422,
+    "no_content": 422,
     "too_large": 413,
 }
 

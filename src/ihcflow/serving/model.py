@@ -9,7 +9,6 @@ images into the graph's input); uploads are prepared by
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from ihcflow.config import ConfigError
 from ihcflow.images.codec import ImageError, probe
-from ihcflow.images.prepare import ImageParams, check_params, prepare_image
+from ihcflow.images.prepare import ImageParams, Prepared, check_params, prepare_image
 from ihcflow.model_format import (
     ModelFormatError,
     OnnxModel,
@@ -25,20 +24,13 @@ from ihcflow.model_format import (
     model_input,
     read_model_info,
 )
+from ihcflow.ood import OodError, OodScorer
 
 SERVED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # the formats the pipeline trains on
 # (N, 3, S, S) float32 in [0, 1] -> (probs (N, K), embedding (N, D))
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 # The model folder cannot be served; the message names the file and the problem.
 ModelLoadError = ModelFormatError
-
-
-@dataclass(frozen=True)
-class Prepared:
-    image: np.ndarray  # (S, S, 3) uint8 RGB, what the model sees
-    features: dict[str, float]  # FEATURE_COLUMNS of the decoded upload (drift reference)
-    applied: dict[str, bool]  # corrections preprocess_image applied
-    format: str
 
 
 def read_servable(model_dir: str | Path) -> dict[str, Any]:
@@ -70,6 +62,17 @@ class ServedModel:
         self.input_size = int(info["input_size"])
         self.image_params = ImageParams.from_section(info["preprocess"])
         self.runner = runner
+        self.ood: OodScorer | None = None
+        self.ood_note = (
+            "model.json has no 'ood' section (registered before out-of-distribution scoring, "
+            "or with too few validation images): predictions carry no ood score"
+        )
+        if info.get("ood") is not None:
+            try:
+                self.ood = OodScorer.from_info(info["ood"])
+            except (OodError, AttributeError) as exc:
+                raise ModelLoadError(f"model {self.name} {self.version}: {exc}") from None
+            self.ood_note = ""
         probs, embedding = self.predict(
             np.zeros((1, self.input_size, self.input_size, 3), np.uint8)
         )
@@ -79,6 +82,11 @@ class ServedModel:
                 f"(1, {len(self.class_names)}) for classes {self.class_names}"
             )
         self.embed_dim = int(embedding.shape[1])
+        if self.ood is not None and self.ood.dim != self.embed_dim:
+            raise ModelLoadError(
+                f"model {self.name} {self.version}: ood is for {self.ood.dim}-d embeddings, "
+                f"the model's are {self.embed_dim}-d"
+            )
 
     @classmethod
     def load(cls, model_dir: str | Path, *, threads: int = 1) -> ServedModel:
@@ -92,10 +100,20 @@ class ServedModel:
             k: v for k, v in (self.info.get("metrics") or {}).items() if not isinstance(v, dict)
         }
         out["onnx_sha256"] = (self.info.get("onnx") or {}).get("sha256")
+        out["ood"] = self.ood_summary()
         return out
 
-    def prepare(self, data: bytes, source: str, *, max_pixels: int) -> Prepared:
-        """Decode one upload (format and pixel limit checked from the header first)."""
+    def ood_summary(self) -> dict[str, Any]:
+        """What ``/model`` and the start-up log say about out-of-distribution scoring."""
+        if self.ood is None:
+            return {"available": False, "reason": self.ood_note}
+        node = self.info["ood"]
+        keys = ("method", "threshold", "quantile", "components", "calibrated_on", "val_flagged")
+        return {"available": True, **{k: node.get(k) for k in keys}}
+
+    def prepare(self, data: bytes, source: str, *, max_pixels: int, min_side: int = 1) -> Prepared:
+        """Decode one upload (format, pixel limit and ``min_side`` checked from the header
+        first; a fully transparent image is refused when decoded)."""
         info = probe(data, source, max_pixels)
         if info.format not in SERVED_FORMATS:
             raise ImageError(
@@ -103,10 +121,14 @@ class ServedModel:
                 "unsupported_format",
                 f"{info.format} images are not accepted (send {', '.join(SERVED_FORMATS)})",
             )
-        image, features, applied = prepare_image(
-            data, source, self.image_params, max_pixels=max_pixels, strict=True
-        )
-        return Prepared(image, features, applied, info.format)
+        if min(info.width, info.height) < min_side:
+            raise ImageError(
+                source,
+                "too_small",
+                f"image is {info.width}x{info.height} px, below the minimum of {min_side} px "
+                "per side (IHCFLOW_MIN_SIDE): too small to hold a cell",
+            )
+        return prepare_image(data, source, self.image_params, max_pixels=max_pixels, strict=True)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, S, S, 3) prepared images -> probs (N, K), embedding (N, D)."""

@@ -12,8 +12,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from prometheus_client import (
@@ -27,9 +27,14 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+if TYPE_CHECKING:
+    from ihcflow.ood import OodScorer
+
 # Endpoints are labelled by route, never by raw path (an unknown path would add a series).
 ENDPOINTS = frozenset({"/predict", "/model", "/healthz", "/readyz", "/metrics", "/docs",
                        "/openapi.json", "/docs/oauth2-redirect", "/redoc"})  # fmt: skip
+# OOD score / the model's threshold: 1 is the flag line, whatever the model's score scale
+OOD_RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
 LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -117,6 +122,29 @@ class ServingMetrics:
             "ihcflow_model_info", "The served model (value 1)", ["name", "version"], registry=r
         )
         self.ready = Gauge("ihcflow_model_ready", "1 when the model is loaded", registry=r)
+        self.ood_ratio = Histogram(
+            "ihcflow_ood_score_ratio",
+            "Out-of-distribution score per image divided by the model's threshold (> 1: flagged)",
+            ["model_version"],
+            buckets=OOD_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.ood_flagged = Counter(
+            "ihcflow_ood_flagged", "Images flagged out of distribution", ["model_version"],
+            registry=r,
+        )  # fmt: skip
+        self.ood_threshold = Gauge(
+            "ihcflow_ood_threshold", "The served model's OOD threshold (score units)",
+            ["model_version"], registry=r,
+        )  # fmt: skip
+
+    def observe_ood(self, version: str, ood: Mapping[str, Any], scorer: OodScorer | None) -> None:
+        """One image's ``{"score", "flag"}``."""
+        if scorer is None:
+            return
+        self.ood_ratio.labels(version).observe(float(ood["score"]) / scorer.threshold)
+        if ood["flag"]:
+            self.ood_flagged.labels(version).inc()
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         labels = (endpoint, method, str(status))
@@ -128,6 +156,7 @@ class ServingMetrics:
 # JSON logs
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
+LIBRARY_LOGGERS = ("python_multipart", "multipart")  # python-multipart (and its old name)
 
 
 class JsonFormatter(logging.Formatter):
@@ -156,5 +185,13 @@ def configure_logging(level: str = "info") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
+        logger.propagate = False
+    # The multipart parser logs what it rejects ("Expected boundary character ...") at warning
+    # level; without a handler Python prints it as plain text. The 400 answer and our access
+    # log already say it, so only its errors are kept, as JSON.
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.ERROR)
         logger.propagate = False
     logging.getLogger("uvicorn.access").disabled = True

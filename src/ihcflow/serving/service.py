@@ -48,7 +48,12 @@ class PredictionService:
         start = time.perf_counter()
         data = upload.read()
         try:
-            prepared = self.model.prepare(data, upload.source, max_pixels=self.settings.max_pixels)
+            prepared = self.model.prepare(
+                data,
+                upload.source,
+                max_pixels=self.settings.max_pixels,
+                min_side=self.settings.min_side,
+            )
         except ImageError as exc:
             self.metrics.rejected.labels(exc.reason).inc()
             raise ApiError.from_image_error(exc, upload.filename) from None
@@ -60,6 +65,17 @@ class PredictionService:
             ) from None  # fmt: skip
         self.metrics.prepare_seconds.observe(time.perf_counter() - start)
         return prepared, data if self.settings.log_images else b""  # keep bytes only to log them
+
+    def _ood(self, embedding: np.ndarray) -> list[dict[str, Any]] | None:
+        """``{"score", "flag"}`` per image (:mod:`ihcflow.ood`), None without a scorer."""
+        scorer = self.model.ood
+        if scorer is None:
+            return None
+        scores = scorer.scores(embedding)
+        return [
+            {"score": float(f"{s:.7g}"), "flag": bool(f)}
+            for s, f in zip(scores.tolist(), scorer.flags(scores).tolist(), strict=True)
+        ]
 
     def predict(self, uploads: Sequence[Upload], request_id: str, started: float) -> dict[str, Any]:
         """The response body; raises :class:`ApiError` for a bad upload or an unwritable log.
@@ -74,6 +90,7 @@ class PredictionService:
         self.metrics.inference_seconds.observe(time.perf_counter() - start)
         if not np.isfinite(probs).all():
             raise RuntimeError(f"model {self.model.version} returned non-finite probabilities")
+        ood = self._ood(embedding)
         latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
         classes = self.model.class_names
         ts = iso_z(self.log.now())
@@ -81,7 +98,14 @@ class PredictionService:
         for i, (upload, (item, data)) in enumerate(zip(uploads, prepared, strict=True)):
             predicted = classes[int(np.argmax(probs[i]))]
             probs_i = dict(zip(classes, _short(probs[i]), strict=True))
-            results.append({"filename": upload.filename, "predicted": predicted, "probs": probs_i})
+            result: dict[str, Any] = {
+                "filename": upload.filename,
+                "predicted": predicted,
+                "probs": probs_i,
+            }
+            if ood is not None:
+                result["ood"] = ood[i]
+            results.append(result)
             records.append(
                 make_record(
                     ts=ts,
@@ -92,7 +116,9 @@ class PredictionService:
                     predicted=predicted,
                     probs=probs_i,
                     features=item.features,
+                    acquisition=item.acquisition,
                     latency_ms=latency_ms,
+                    ood=None if ood is None else ood[i],
                     embedding=_short(embedding[i]) if self.settings.log_embedding else None,
                     image_b64=(
                         base64.b64encode(data).decode("ascii") if self.settings.log_images else None
@@ -114,6 +140,8 @@ class PredictionService:
             ) from None
         for result in results:
             self.metrics.predictions.labels(self.model.version, result["predicted"]).inc()
+            if ood is not None:
+                self.metrics.observe_ood(self.model.version, result["ood"], self.model.ood)
         return {
             "request_id": request_id,
             "model_name": self.model.name,

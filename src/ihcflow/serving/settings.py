@@ -35,9 +35,11 @@ class Settings:
     port: int = 8000
     workers: int = 1  # uvicorn processes; in Kubernetes scale replicas instead (one each)
     token: str | None = field(default=None, repr=False)  # bearer token for /predict, None: open
+    no_auth: bool = False  # serve without a token even though IHCFLOW_TOKEN is set but empty
     max_bytes: int = 20 << 20  # per uploaded file; the body limit is max_files x max_bytes
     max_pixels: int = 25_000_000  # per image, read from the header before decoding (5000x5000)
     max_files: int = 16  # images per request (one batch through the model)
+    min_side: int = 16  # px: a smaller width or height is refused (422), it holds no cell
     log_images: bool = False  # put the uploaded bytes (base64) in the prediction log
     log_embedding: bool = True  # put the model's embedding in the prediction log (drift)
     log_fsync: bool = False  # fsync each log line: survives a machine crash, not just ours
@@ -45,7 +47,7 @@ class Settings:
     concurrency: int = 0  # requests decoded/predicted at once (bounds memory); 0: the CPUs
 
     def __post_init__(self) -> None:
-        for name in ("port", "workers", "max_bytes", "max_pixels", "max_files"):
+        for name in ("port", "workers", "max_bytes", "max_pixels", "max_files", "min_side"):
             low = 0 if name == "port" else 1
             if int(getattr(self, name)) < low:
                 raise SettingsError(f"{name} must be >= {low}, got {getattr(self, name)}")
@@ -58,6 +60,8 @@ class Settings:
             raise SettingsError(f"port must be <= 65535, got {self.port}")
         if self.token is not None and not self.token:
             raise SettingsError("token is empty: unset it to disable authentication")
+        if self.token is not None and self.no_auth:
+            raise SettingsError("a token is set and --no-auth asks for none: choose one")
 
     @property
     def auth_enabled(self) -> bool:
@@ -87,8 +91,8 @@ class Settings:
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
                 values[f.name] = _parse(f.name, raw)
-        values["token"] = _token(env)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update({k: v for k, v in overrides.items() if v is not None and k != "token"})
+        values["token"] = _token(env, no_auth=bool(values.get("no_auth")))
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -170,8 +174,19 @@ def _parse(name: str, raw: str) -> Any:
         raise SettingsError(f"{var}={raw!r}: {exc}") from None
 
 
-def _token(env: Mapping[str, str]) -> str | None:
-    token = env.get(ENV_PREFIX + "TOKEN") or None
+def _token(env: Mapping[str, str], *, no_auth: bool = False) -> str | None:
+    """The bearer token; None (authentication off) when neither variable is set. A variable
+    that is set but blank is a mistake (an unfilled secret), never a way to turn auth off:
+    it refuses to start unless ``no_auth`` says that an open server is meant."""
+    raw = env.get(ENV_PREFIX + "TOKEN")
+    if raw is not None and not raw.strip():
+        if not no_auth:
+            raise SettingsError(
+                "IHCFLOW_TOKEN is set but empty: set the token, or unset it and pass --no-auth "
+                "(IHCFLOW_NO_AUTH=1) to serve /predict without authentication"
+            )
+        raw = None
+    token = raw or None
     path = env.get(ENV_PREFIX + "TOKEN_FILE") or None
     if token and path:
         raise SettingsError("set IHCFLOW_TOKEN or IHCFLOW_TOKEN_FILE, not both")

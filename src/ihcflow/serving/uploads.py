@@ -22,6 +22,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import IO
 
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -31,6 +33,8 @@ from ihcflow.serving.errors import ApiError
 RAW_TYPES = ("image/", "application/octet-stream")
 MAX_FIELDS = 16  # non-file form fields accepted (and ignored)
 MAX_FIELD_BYTES = 16 << 10
+MAX_PART_HEADER = DEFAULT_MAX_HEADER_SIZE  # bytes per part header line (python-multipart's)
+MAX_FILENAME = 4000  # characters: what fits in that header with the rest of the line
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,21 @@ class _ImageParts(MultiPartParser):
         super().on_part_data(data, start, end)
 
 
+def _multipart_error(exc: MultiPartException) -> ApiError:
+    """A 400 saying what is wrong: Starlette reports every parser error as "Invalid multipart
+    data."; the parser's own reason is its cause."""
+    cause = exc.__cause__
+    if isinstance(cause, MultipartParseError) and "header size" in str(cause):
+        return ApiError(
+            400,
+            "header_too_long",
+            f"a multipart part header is longer than {MAX_PART_HEADER} bytes: is the file "
+            f"name too long? Send names under {MAX_FILENAME} characters",
+        )
+    detail = f"{exc.message} ({cause})" if cause is not None else exc.message
+    return ApiError(400, "bad_multipart", f"malformed multipart body: {detail}")
+
+
 async def _counted(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     total = 0
     async for chunk in request.stream():
@@ -139,9 +158,7 @@ async def receive_uploads(
             try:
                 form = await parser.parse()
             except MultiPartException as exc:
-                raise ApiError(
-                    400, "bad_multipart", f"malformed multipart body: {exc.message}"
-                ) from None
+                raise _multipart_error(exc) from None
         try:
             files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
             if not files:
