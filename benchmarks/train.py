@@ -147,7 +147,11 @@ def variant_rates(
         loader = iter(dm.train_dataloader())
         images, t0 = 0, time.perf_counter()
         for _ in range(n):
-            x, y = dm.prepare_batch(next(loader), train=True, epoch=epoch)
+            batch = next(loader, None)
+            if batch is None:  # more steps than one epoch has: start another pass
+                loader = iter(dm.train_dataloader())
+                batch = next(loader)
+            x, y = dm.prepare_batch(batch, train=True, epoch=epoch)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = module._loss(module(x), y)
             opt.zero_grad(set_to_none=True)
