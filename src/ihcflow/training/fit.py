@@ -23,7 +23,12 @@ from dvclive.lightning import DVCLiveLogger
 from hydra.utils import instantiate
 from lightning_fabric.utilities.seed import seed_everything
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+)
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from ihcflow.files import write_json_atomic
@@ -249,6 +254,11 @@ def _fit_lightning(
     )
     timer = StepTimer()
     cbs: list[Callback] = [best, last, timer, *callbacks]
+    if train.ema_decay is not None:
+        # validation and every checkpoint's state_dict use the average (Lightning swaps it in;
+        # the live weights are kept in the checkpoint to resume from), so best.ckpt, evaluate
+        # and register see the averaged model
+        cbs.append(EMAWeightAveraging(decay=train.ema_decay, use_buffers=True))
     stopping = train.early_stopping
     if stopping.patience:
         cbs.append(
