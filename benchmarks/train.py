@@ -8,6 +8,12 @@ reported: the share of step time spent waiting for the next batch (fetch + trans
 augmentation). Goals: Lightning <= 1.10x the plain loop's time per epoch, and data loading
 does not starve the model (a small wait share).
 
+Then the plain loop's training images/s under CPU options, interleaved in rounds of
+``--variant-steps`` steps (median of ``--rounds``): as configured (channels-last on), without
+channels-last, ``torch.compile`` of the network, and bf16 autocast (Lightning's
+``precision=bf16-mixed``) where the CPU has native bf16 (``avx512_bf16``/``amx_bf16`` in
+/proc/cpuinfo; elsewhere oneDNN emulates it, much slower, so it is skipped and said so).
+
     python benchmarks/train.py                       # 12,000 generated 28 px images, 8 classes
     python benchmarks/train.py --n-train 2000 --epochs 2 --override model=resnet
 """
@@ -111,6 +117,66 @@ class Interleave(Callback):
         )
 
 
+def cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively, and what says so."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(native), f"torch CPU capability {capability}; cpuinfo {native or 'no bf16 flags'}"
+
+
+def variant_rates(
+    template: ImageClassifier, dm: ImageDataModule, names: list[str], steps: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Training images/s of the plain loop for each CPU option in ``names``, interleaved."""
+    built = {}
+    for name in names:
+        module = copy.deepcopy(template)
+        if name == "no channels-last":
+            module.channels_last = False
+            module.net = module.net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+        if name == "torch.compile":
+            module.net = torch.compile(module.net)
+        opt = module.optimizer_factory(params=module.parameters())
+        built[name] = (module.train(), opt, name == "bf16 autocast")
+
+    def run(name: str, epoch: int, n: int) -> float:
+        module, opt, bf16 = built[name]
+        loader = iter(dm.train_dataloader())
+        images, t0 = 0, time.perf_counter()
+        for _ in range(n):
+            batch = next(loader, None)
+            if batch is None:  # more steps than one epoch has: start another pass
+                loader = iter(dm.train_dataloader())
+                batch = next(loader)
+            x, y = dm.prepare_batch(batch, train=True, epoch=epoch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = module._loss(module(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            images += len(y)
+        return images / (time.perf_counter() - t0)
+
+    for name in names:  # warm-up, compilation included, outside the timing
+        run(name, 0, 3)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names:
+            rates[name].append(run(name, r + 1, steps))
+    base = statistics.median(rates[names[0]])
+    return {
+        name: {
+            "images_per_s": round(statistics.median(x), 1),
+            "relative": round(statistics.median(x) / base, 3),
+        }
+        for name, x in rates.items()
+    }
+
+
 def summarise(runs: list[dict]) -> dict[str, float]:
     times = [r["epoch_s"] for r in runs]
     t = statistics.median(times)
@@ -135,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--override", action="append", default=[], help="Hydra override, e.g. model=resnet"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--rounds", type=int, default=3, help="CPU-option rounds (0: skip)")
+    parser.add_argument("--variant-steps", type=int, default=20, help="steps per round")
     args = parser.parse_args(argv)
 
     data = args.data or Path(tempfile.gettempdir()) / (
@@ -206,7 +274,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = report["lightning"]["epoch_s"] / report["plain"]["epoch_s"]
     report["lightning_over_plain"] = round(ratio, 3)
     report["goal_met"] = ratio <= 1.10
+    bf16, why = cpu_bf16()
+    names = ["as configured", "no channels-last", "torch.compile"]
+    names += ["bf16 autocast"] if bf16 else []
+    if args.rounds:
+        report["cpu_options"] = variant_rates(template, dm, names, args.variant_steps, args.rounds)
+        report["cpu_options_note"] = why + ("" if bf16 else ": bf16 autocast skipped")
     print(json.dumps(report, indent=2))
+    lightning, plain_rate = report["lightning"], report["plain"]
+    print(
+        f"\ntraining: Lightning {lightning['images_per_s']:,.0f} images/s, plain PyTorch loop "
+        f"{plain_rate['images_per_s']:,.0f} images/s: Lightning takes {ratio:.2f}x the plain "
+        f"loop's time per epoch (goal <= 1.10: {'met' if ratio <= 1.10 else 'NOT met'}), "
+        f"{torch.get_num_threads()} torch threads, load {os.getloadavg()[0]:.1f}"
+    )
+    for name, row in report.get("cpu_options", {}).items():
+        print(
+            f"  plain loop, {name:<18} {row['images_per_s']:8,.0f} images/s  {row['relative']:.2f}x"
+        )
+    if args.rounds:
+        print(f"  ({report['cpu_options_note']})")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report

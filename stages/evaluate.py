@@ -55,7 +55,7 @@ def run(
     if predictor is None:
         from ihcflow.training.predictor import load_predictor
 
-        predictor = load_predictor(checkpoint)
+        predictor = load_predictor(checkpoint, tta=params.tta)
     scores, table = evaluate_split(
         predictor, split, root, split=params.split, batch_size=params.batch_size
     )

@@ -11,8 +11,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ihcflow.config import load_params
+from ihcflow.config import load_params, section
 from ihcflow.errors import PipelineError
+from ihcflow.evaluation import EvaluateParams
 from ihcflow.files import read_json
 from ihcflow.registry.gate import GateFailed, GateParams
 from ihcflow.registry.register import (
@@ -40,13 +41,15 @@ def run(
     root: Path,
     models: Path,
     predictor: ExportablePredictor | None = None,
+    tta: bool = False,
 ) -> Registered:
     """Gate and register the model in ``checkpoint`` (``predictor``: that model, already
-    loaded). Raises :class:`GateFailed` when a threshold does not hold."""
+    loaded; else loaded with ``tta`` as the evaluate stage did). Raises :class:`GateFailed`
+    when a threshold does not hold."""
     if predictor is None:
         from ihcflow.training.predictor import load_predictor
 
-        predictor = load_predictor(checkpoint)
+        predictor = load_predictor(checkpoint, tta=tta)
     evaluated = Evaluated(
         metrics=read_json(metrics, "metrics (run the evaluate stage)", error=RegisterError),
         predictions=read_table(predictions, PREDICTIONS, error=RegisterError),
@@ -75,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     try:
+        params = load_params(args.params)
         result = run(
-            GateParams.from_section(load_params(args.params).get("gate")),
+            GateParams.from_section(params.get("gate")),
             checkpoint=args.checkpoint,
             metrics=args.metrics,
             predictions=args.predictions,
@@ -84,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             train_summary=args.train_summary,
             root=args.root,
             models=args.models,
+            # the model evaluate scored: the ONNX graph gets the same test-time augmentation
+            tta=section(params, "evaluate", EvaluateParams).tta,
         )
     except GateFailed as exc:
         head = f"register: the candidate model failed the gate; {UNCHANGED}"

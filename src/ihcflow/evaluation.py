@@ -49,6 +49,7 @@ class EvaluateParams:
 
     split: str  # the split scored
     batch_size: int  # images per predict_proba call (memory, not results)
+    tta: bool  # dihedral test-time augmentation, here and in the registered ONNX model
     misclassified: Misclassified
 
 

@@ -23,14 +23,20 @@ def bench(name: str, *args: str, cwd: Path) -> str:
 def test_preprocess_benchmark(tmp_path: Path) -> None:
     out = bench("preprocess", "--n", "40", "--no-4n", cwd=tmp_path)
     assert "ratio preprocess / decode" in out and "incremental, +" in out
+    assert "output vs full-size decode" in out and "features vs full-size decode" in out
 
 
 @pytest.mark.slow
 def test_train_benchmark(tmp_path: Path) -> None:
     args = ["--n-train", "256", "--size", "16", "--classes", "4", "--epochs", "1"]
-    bench("train", *args, "--data", str(tmp_path / "data"), "--json", "r.json", cwd=tmp_path)
+    args += ["--rounds", "1", "--variant-steps", "1"]
+    out = bench("train", *args, "--data", str(tmp_path / "data"), "--json", "r.json", cwd=tmp_path)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["lightning_over_plain"] > 0 and 0 <= report["plain"]["data_wait_share"] < 1
+    options = report["cpu_options"]
+    assert {"as configured", "no channels-last", "torch.compile"} <= set(options)
+    assert ("bf16 autocast" in options) is ("skipped" not in report["cpu_options_note"])
+    assert "plain loop, torch.compile" in out and "Lightning takes" in out
 
 
 @pytest.mark.slow

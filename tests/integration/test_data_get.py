@@ -186,3 +186,14 @@ def test_import_outside_a_dvc_project_copies_without_versioning(tmp_path) -> Non
     out = run_cmd([IHCFLOW, "data", "import", str(_npz(tmp_path / "t.npz"))], plain).stdout
     assert "not in a DVC project" in out
     assert (plain / "data/test/class_0").is_dir() and not (plain / "data.dvc").exists()
+
+
+def test_import_keeps_the_npz_class_names_and_says_so(tmp_path) -> None:
+    npz = _npz(tmp_path / "blood.npz")
+    arrays = dict(np.load(npz))
+    np.savez(npz, **arrays, class_names=np.array(["basophil", "eosinophil", "ig"]))
+    out = run_cmd([IHCFLOW, "data", "import", str(npz)], tmp_path).stdout
+    assert "class names from the file's class_names: 0=basophil, 1=eosinophil, 2=ig" in out
+    assert sorted(p.name for p in (tmp_path / "data/train").iterdir()) == [
+        "basophil", "eosinophil", "ig",
+    ]  # fmt: skip

@@ -249,7 +249,12 @@ def compose_params(overrides: list[str], gate: dict[str, float]) -> Any:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "model", [["model=cnn", "model.net.channels=[8,16]", "model.net.hidden=32"], ["model=logreg"]]
+    "model",
+    [
+        ["model=cnn", "model.net.channels=[8,16]", "model.net.hidden=32"],
+        ["model=cnn", "model.net.channels=[8,16]", "model.net.hidden=32", "evaluate.tta=true"],
+        ["model=logreg"],
+    ],
 )
 def test_train_evaluate_register_from_the_command_line(tmp_path: Path, model: list[str]) -> None:
     from omegaconf import OmegaConf
@@ -301,7 +306,9 @@ def test_train_evaluate_register_from_the_command_line(tmp_path: Path, model: li
     assert info["class_names"] == CLASSES and info["input_size"] == 32
     assert info["preprocess"]["size"] == 32
     assert info["training"]["model"]["kind"] in ("lightning", "sklearn")
-    assert info["onnx"]["max_abs_diff"] <= 1e-4
+    assert info["onnx"]["max_abs_diff"] <= 1e-4  # with TTA too: the served model is the evaluated
+    assert info["tta"] is ("evaluate.tta=true" in model)
+    assert info["checkpoint"]["model_digest"].endswith("+tta8") is info["tta"]
     assert (models / "MODEL_CARD.md").is_file()
     before = snapshot(models)
 

@@ -242,6 +242,57 @@ def test_onnx_export_matches_predict_proba(
         np.testing.assert_allclose(emb, predictor.embed(images[:n]), atol=1e-4, rtol=1e-4)
 
 
+def test_tta_is_the_mean_over_the_eight_views_in_torch_and_in_onnx(
+    train: Train, toy_data: Path, tmp_path: Path
+) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    train("trainer.fast_dev_run=true")
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    plain, tta = load_predictor(best), load_predictor(best, tta=True)
+    assert tta.digest == plain.digest + "+tta8"  # another model for the registry
+    images, _ = _test_images(toy_data)
+    views = [np.rot90(im, k, axes=(1, 2)) for im in (images, images[:, :, ::-1]) for k in range(4)]
+    expected = np.mean([plain.predict_proba(np.ascontiguousarray(v)) for v in views], axis=0)
+    np.testing.assert_allclose(tta.predict_proba(images), expected, atol=1e-5)
+    assert not np.allclose(tta.predict_proba(images), plain.predict_proba(images), atol=1e-4)
+    # a rotated or mirrored image gets the same answer
+    turned = np.ascontiguousarray(np.rot90(images[:, ::-1], 1, axes=(1, 2)))
+    np.testing.assert_allclose(tta.predict_proba(turned), tta.predict_proba(images), atol=1e-5)
+    path = tmp_path / "tta.onnx"
+    tta.export_onnx(path)  # the served model is the evaluated one
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    for batch in (x, x[:1]):
+        probs, emb = session.run(["probs", "embedding"], {"image": batch})
+        np.testing.assert_allclose(probs, tta.predict_proba(images[: len(batch)]), atol=1e-4)
+        np.testing.assert_allclose(emb, tta.embed(images[: len(batch)]), atol=1e-4, rtol=1e-4)
+    baseline = tmp_path / "svm"
+    train("model=svm", name="svm")
+    with pytest.raises(ckpts.CheckpointError, match="evaluate.tta.* needs a network"):
+        load_predictor(baseline / "checkpoints" / "best.ckpt", tta=True)
+
+
+def test_ema_checkpoints_hold_the_average_that_evaluation_uses(
+    train: Train, toy_data: Path, tmp_path: Path
+) -> None:
+    train(name="plain")
+    train("train.ema_decay=0.9", name="ema")
+    plain, ema = (
+        ckpts.load_checkpoint(tmp_path / name / "checkpoints" / "last.ckpt")
+        for name in ("plain", "ema")
+    )
+    weight = next(k for k in plain["state_dict"] if k.startswith("net.") and "weight" in k)
+    # the same training (EMA does not change the steps), other weights in the checkpoint: the
+    # average; the live weights are kept for resuming, and equal the run without EMA
+    live = ema["current_model_state"]
+    torch.testing.assert_close(live[weight], plain["state_dict"][weight])
+    assert not torch.allclose(ema["state_dict"][weight], plain["state_dict"][weight])
+    predictor = load_predictor(tmp_path / "ema" / "checkpoints" / "last.ckpt")
+    torch.testing.assert_close(predictor.model.state_dict()[weight], ema["state_dict"][weight])
+    images, _ = _test_images(toy_data)
+    assert predictor.predict_proba(images).shape == (len(images), 4)
+
+
 def test_bad_inputs_name_the_file(train: Train, toy_data: Path, tmp_path: Path) -> None:
     root = tmp_path / "bad"
     write_toy_split(root, {"train": 8, "val": 4}, n_classes=2, size=SIZE)

@@ -19,6 +19,7 @@ from ihcflow.images.codec import (
     read_rgb8,
     verify_decodes,
 )
+from ihcflow.images.ops import resize
 
 
 def pil_bytes(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -88,12 +89,49 @@ def test_empty_data() -> None:
     assert reason_of(b"") == "empty"
 
 
+@pytest.mark.parametrize("min_side", [None, 8], ids=["full", "reduced"])
 @pytest.mark.parametrize("strict", [True, False])
-def test_truncated_jpeg_is_corrupt(strict: bool) -> None:
+def test_truncated_jpeg_is_corrupt(strict: bool, min_side: int | None) -> None:
     jpg = pil_bytes(Image.fromarray(noise(64, 64)), "JPEG")
     cut = jpg[: len(jpg) * 2 // 3]
     assert probe(cut, "x").format == "JPEG"  # the header is intact
-    assert reason_of(cut, strict=strict) == "corrupt"
+    assert reason_of(cut, strict=strict, min_side=min_side) == "corrupt"
+
+
+def smooth(h: int, w: int) -> np.ndarray:
+    """A stained-looking image: blurred colour blobs, as a microscope gives."""
+    blobs = cv2.GaussianBlur(noise(h, w).astype(np.float32), (0, 0), 10)
+    return cv2.normalize(blobs, None, 40, 230, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("min_side", "shape"),
+    [(None, (304, 400)), (150, (152, 200)), (70, (76, 100)), (38, (38, 50)), (305, (304, 400))],
+)
+def test_jpeg_decodes_at_the_smallest_scale_that_keeps_min_side(
+    min_side: int | None, shape: tuple[int, int]
+) -> None:
+    jpeg = pil_bytes(Image.fromarray(smooth(304, 400)), "JPEG", quality=95)
+    arr, info = decode_rgb8(jpeg, "x", min_side=min_side)
+    assert arr.shape == (*shape, 3) and (info.width, info.height) == (400, 304)  # the file's
+    # at half min_side (the model size, as prepare_image asks) it is the same picture
+    size = (min_side or 304) // 2
+    full, _ = decode_rgb8(jpeg, "x")
+    assert np.abs(resize(arr, size).astype(int) - resize(full, size)).mean() < 2.5
+    # sides that are no multiple of the scale: the last row/column is a partial block
+    odd, _ = decode_rgb8(pil_bytes(Image.fromarray(smooth(301, 397)), "JPEG"), "x", min_side=70)
+    assert odd.shape == (76, 100, 3)
+
+
+def test_reduced_scale_is_for_jpeg_only() -> None:
+    rgb = smooth(64, 80)
+    for fmt in ("PNG", "TIFF"):
+        arr, _ = decode_rgb8(pil_bytes(Image.fromarray(rgb), fmt), "x", min_side=8)
+        np.testing.assert_array_equal(arr, rgb)
+    gray = pil_bytes(Image.fromarray(rgb[..., 1]), "JPEG", quality=95)
+    arr, info = decode_rgb8(gray, "x", min_side=16)
+    assert info.mode == "L" and arr.shape == (16, 20, 3)
+    assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9])

@@ -190,6 +190,57 @@ def test_npz_class_names_given_or_generic(tmp_path: Path) -> None:
     ]
 
 
+def test_npz_own_class_names_are_used_and_made_folder_names(tmp_path: Path) -> None:
+    npz = tmp_path / "bloodmnist_28.npz"  # its own names win over the MedMNIST table
+    arrays = _medmnist(tmp_path / "plain.npz", n_classes=3)
+    np.savez(npz, **arrays, class_names=np.array(["Neg cells", "weak/DAB", "..strong"]))
+    summary = import_npz(npz, tmp_path / "data")
+    assert summary.classes == ("Neg_cells", "strong", "weak_DAB")
+    assert "class names from the file's class_names: 0=Neg_cells, 1=weak_DAB, 2=strong" in (
+        summary.describe()
+    )
+    assert sorted(p.name for p in (tmp_path / "data/train/strong").iterdir()) == [
+        "train_00002.png", "train_00005.png", "train_00008.png", "train_00011.png",
+    ]  # fmt: skip
+    # bytes names (np.savez of b"...") read the same; given names still win over the file's
+    np.savez(npz, **arrays, class_names=np.array([b"a", b"b", b"c"]))
+    assert import_npz(npz, tmp_path / "d2").classes == ("a", "b", "c")
+    named = import_npz(npz, tmp_path / "d3", classes=["x", "y", "z"])
+    assert named.classes == ("x", "y", "z") and "from given class names" in named.describe()
+
+
+def test_npz_without_class_names_says_it_numbered_them(tmp_path: Path) -> None:
+    npz = tmp_path / "mine.npz"
+    _medmnist(npz, n_classes=2)
+    summary = import_npz(npz, tmp_path / "data")
+    assert "class names from class_<label>: the file has no class_names: 0=class_0" in (
+        summary.describe()
+    )
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["a", "b", "a"], r"class names repeat \(the file's class_names\): 'a' and 'a'"),
+        (["a b", "a_b", "c"], r"class names repeat .*: 'a b' and 'a_b' are both folder 'a_b'"),
+        (
+            ["a", " ", "c"],
+            r"class name ' ' \(the file's class_names\) cannot be a class folder "
+            r"name \(nothing left once made safe\)",
+        ),
+        (["a", "test", "c"], r"class name 'test' .* cannot be a class folder name"),
+        (["a", "b"], r"train_labels has label 2 but there are only 2 classes"),
+        ([[1, 2, 3]], r"class_names has shape \(1, 3\) and dtype int64, expected a 1-D array"),
+    ],
+)
+def test_npz_bad_class_names_are_named(tmp_path: Path, names: list, message: str) -> None:
+    npz = tmp_path / "bad.npz"
+    np.savez(npz, **_medmnist(tmp_path / "ok.npz", n_classes=3), class_names=np.array(names))
+    with pytest.raises(DataImportError, match=rf"{re.escape(str(npz))}: {message}"):
+        import_npz(npz, tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
 def test_npz_medmnist_size_suffix_uses_the_same_names(tmp_path: Path) -> None:
     npz = tmp_path / "pneumoniamnist_64.npz"
     _medmnist(npz, rgb=False, n_classes=2)

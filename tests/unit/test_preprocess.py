@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +15,7 @@ import ihcflow.preprocess as pp
 from ihcflow.config import ConfigError
 from ihcflow.files import sha256_file
 from ihcflow.images.codec import read_rgb8
+from ihcflow.images.prepare import ImageParams, prepare_image
 from ihcflow.preprocess import (
     OUTPUT_COLUMNS,
     PreprocessError,
@@ -20,6 +23,7 @@ from ihcflow.preprocess import (
     cache_key,
     preprocess_dataset,
 )
+from tests.helpers import conf_section
 from tests.helpers.data import manifest_of, preprocess_conf, write_tissue, write_tissue_folder
 
 SIZE = 24
@@ -218,3 +222,25 @@ def test_manifest_without_required_columns_is_refused(tmp_path, data, cfg) -> No
     manifest = manifest_of(data).drop(columns=["sha256"])
     with pytest.raises(ValueError, match=r"manifest lacks columns \['sha256'\]"):
         _run(data, tmp_path / "out", cfg, tmp_path / "cache", manifest=manifest)
+
+
+@pytest.mark.parametrize("denoise", ["median", "none"])
+def test_a_jpeg_decoded_at_reduced_scale_gives_the_same_image(tmp_path, denoise) -> None:
+    """With nothing to denoise, JPEGs >= 4x the model size are decoded at 1/2..1/8 scale: the
+    model sees the same picture (mean |difference| under 2 grey levels) and the file's own
+    size is recorded. A median is only a median at full size: then nothing changes."""
+    params = ImageParams.from_section({**preprocess_conf(SIZE), "denoise": {
+        **conf_section("preprocess")["denoise"], "method": denoise}})  # fmt: skip
+    write_tissue(tmp_path / "t.png", seed=1, shape=(48, 62))  # tissue the model size resolves,
+    small = cv2.imread(str(tmp_path / "t.png"))  # photographed at 4x: a 1/4 scale decode
+    big = cv2.resize(small, (250, 193), interpolation=cv2.INTER_CUBIC)  # is 49 x 63 >= 2 x 24
+    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    fast, full = (prepare_image(data, "big.jpg", params, full_decode=f) for f in (False, True))
+    assert fast.image.shape == full.image.shape == (SIZE, SIZE, 3)
+    assert np.abs(fast.image.astype(int) - full.image).mean() < 2.0
+    if denoise != "none":
+        np.testing.assert_array_equal(fast.image, full.image)
+    assert (fast.acquisition["width"], fast.acquisition["height"]) == (250, 193)
+    assert fast.features.keys() == full.features.keys()
+    for name in ("brightness", "mean_r", "dab_mean", "hematoxylin_mean"):
+        assert fast.features[name] == pytest.approx(full.features[name], rel=0.03, abs=0.01)

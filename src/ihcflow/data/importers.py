@@ -77,6 +77,7 @@ class ImportSummary:
     counts: dict[str, dict[str, int]]  # split ("train"/"val"/"test", or "all") -> class -> n
     replaced_to: Path | None = None  # where the previous contents of dest were moved
     extra: list[str] = field(default_factory=list)  # metadata files copied (groups.csv)
+    names: str = ""  # where the class names came from and label -> name (npz)
 
     @property
     def n_images(self) -> int:
@@ -85,6 +86,8 @@ class ImportSummary:
     def describe(self) -> str:
         """A few lines for the CLI."""
         lines = [f"imported {self.n_images} files into {self.dest} (layout {self.layout})"]
+        if self.names:
+            lines.append(f"  {self.names}")
         for split, per_class in self.counts.items():
             body = ", ".join(f"{c}: {n}" for c, n in per_class.items())
             lines.append(f"  {split}: {body}")
@@ -177,13 +180,50 @@ def _sorted_counts(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int
     }
 
 
-def _check_class_names(names: Sequence[str], source: str) -> tuple[str, ...]:
-    names = tuple(str(n) for n in names)
-    if len(set(names)) != len(names):
-        raise DataImportError(f"{source}: class names repeat: {list(names)}")
-    for name in names:
-        if not name or name.startswith(".") or re.search(r"[/\\\0]", name) or name in GIVEN_SPLITS:
-            raise DataImportError(f"{source}: class name {name!r} cannot be a class folder name")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|\s]+")  # path separators, controls, blanks
+
+
+def folder_name(name: str) -> str:
+    """A class name as a folder name on any OS: path separators, characters Windows refuses,
+    control characters and blanks become ``_``; leading dots and ``_`` go (no hidden folders)."""
+    return _UNSAFE.sub("_", name.strip()).lstrip("._").rstrip("_")
+
+
+def _check_class_names(
+    names: Sequence[object], source: str, origin: str, *, exact: bool = False
+) -> tuple[str, ...]:
+    """``names`` as folder names (:func:`folder_name`); an empty, reserved or repeated name
+    after that is an error naming the originals. ``exact``: a name that is not already a
+    safe folder name is an error (names the user typed are not rewritten)."""
+    raw = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    folders = tuple(folder_name(n) for n in raw)
+    for name, folder in zip(raw, folders, strict=True):
+        if not folder or folder in GIVEN_SPLITS or (exact and folder != name):
+            raise DataImportError(
+                f"{source}: class name {name!r} ({origin}) cannot be a class folder name"
+                + (f" (it becomes {folder!r})" if folder else " (nothing left once made safe)")
+            )
+    seen: dict[str, str] = {}
+    for name, folder in zip(raw, folders, strict=True):
+        if folder in seen:
+            raise DataImportError(
+                f"{source}: class names repeat ({origin}): {seen[folder]!r} and {name!r} "
+                f"are both folder {folder!r}"
+            )
+        seen[folder] = name
+    return folders
+
+
+def _npz_class_names(z: np.lib.npyio.NpzFile, source: str) -> np.ndarray | None:
+    """The file's own ``class_names`` (a 1-D array of strings), if it has one."""
+    if "class_names" not in z.files:
+        return None
+    names = z["class_names"]
+    if names.ndim != 1 or names.dtype.kind not in "USO" or len(names) == 0:
+        raise DataImportError(
+            f"{source}: class_names has shape {names.shape} and dtype {names.dtype}, "
+            "expected a 1-D array of strings"
+        )
     return names
 
 
@@ -238,8 +278,10 @@ def import_npz(
 
     The file holds ``{train,val,test}_images`` (uint8, (N, H, W) or (N, H, W, 3)) and
     ``{train,val,test}_labels`` ((N,) or (N, 1) integers); ``val`` is optional. Class names:
-    ``classes``, else the MedMNIST names for the file's stem, else ``class_0..K-1``. The file
-    index ``NNNNN`` is the row in the array, so each PNG traces back to its source.
+    ``classes``, else the file's own ``class_names`` array, else the MedMNIST names for the
+    file's stem, else ``class_0..K-1``; each made a safe folder name (:func:`folder_name`).
+    The summary says which names were used. The file index ``NNNNN`` is the row in the array,
+    so each PNG traces back to its source.
     """
     src, dest = Path(src), Path(dest)
     source = str(src)
@@ -263,18 +305,23 @@ def import_npz(
                     )
         try:
             data = {s: _load_split(z, s, source) for s in splits}
+            own_names = _npz_class_names(z, source)
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
             if isinstance(exc, DataImportError):
                 raise
             raise DataImportError(f"{source}: cannot read array ({exc})") from None
     max_label = max(int(labels.max()) for _, labels in data.values())
     if classes is not None:
-        names = _check_class_names(classes, source)
         origin = "given class names"
+        names = _check_class_names(classes, source, origin, exact=True)
+    elif own_names is not None:
+        origin = "the file's class_names"
+        names = _check_class_names(list(own_names), source, origin)
     elif (table := medmnist_labels(src.stem)) is not None:
         names, origin = table, f"MedMNIST labels of {src.stem}"
     else:
-        names, origin = tuple(f"class_{k}" for k in range(max_label + 1)), ""
+        names = tuple(f"class_{k}" for k in range(max_label + 1))
+        origin = "class_<label>: the file has no class_names"
     if max_label >= len(names):
         split = next(s for s, (_, lab) in data.items() if int(lab.max()) == max_label)
         raise DataImportError(
@@ -300,6 +347,7 @@ def import_npz(
         classes=tuple(present),
         counts=_sorted_counts(counts),
         replaced_to=moved[0],
+        names=f"class names from {origin}: " + ", ".join(f"{k}={n}" for k, n in enumerate(names)),
     )
 
 

@@ -262,38 +262,65 @@ def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray, source: str) -> np.n
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+# libjpeg decodes at 1/2, 1/4 or 1/8 scale by a smaller inverse DCT: a fraction of the work of
+# a full decode, and the result is already low-pass filtered like an area shrink.
+_REDUCED_JPEG = {
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+}
+
+
+def jpeg_reduction(info: ImageInfo, min_side: int | None) -> int:
+    """The largest k in 8, 4, 2 such that the JPEG decoded at 1/k scale is still at least
+    ``min_side`` px on both sides (1: decode at full size; also for anything but an 8-bit
+    RGB or grey JPEG, or ``min_side`` None)."""
+    if min_side is None or info.format != "JPEG" or info.mode not in {"RGB", "L"}:
+        return 1
+    short = min(info.width, info.height)
+    return next((k for k in _REDUCED_JPEG if -(-short // k) >= min_side), 1)
+
+
 def decode_rgb8(
     data: bytes,
     source: str,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strict: bool = True,
+    min_side: int | None = None,
 ) -> tuple[np.ndarray, ImageInfo]:
     """Decode ``data`` to an (H, W, 3) uint8 RGB array.
 
     ``strict`` also runs a full PIL decode to reject truncated or damaged pixel data that
     OpenCV may accept with only a message on stderr. Stages after ``validate`` pass
     ``strict=False`` because validation already did it.
+
+    ``min_side``: the caller only needs this many px on each side, so a JPEG may be decoded at
+    1/2, 1/4 or 1/8 scale (:func:`jpeg_reduction`; the array is then ``ceil(H/k) x ceil(W/k)``,
+    and ``info`` still gives the file's own size). Other formats decode at full size.
     """
     info = probe(data, source, max_pixels)
     if strict:
         verify_decodes(data, source)
+    k = jpeg_reduction(info, min_side)
+    flags = _REDUCED_JPEG[k] | cv2.IMREAD_IGNORE_ORIENTATION if k > 1 else cv2.IMREAD_UNCHANGED
     try:
-        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     except cv2.error:
         arr = None
     if arr is None:
-        arr = _decode_with_pil(data, source)
+        arr, k = _decode_with_pil(data, source), 1
     else:
         # A 4th channel is alpha only if the file says so (an RGBX TIFF's extra sample is not).
         has_alpha = info.mode in _ALPHA_MODES or _TRANSPARENT_NOTE in info.notes
         arr = _cv2_to_rgb(arr, source, has_alpha=has_alpha)
-    if arr.shape[:2] != (info.height, info.width):
+    expected = (-(-info.height // k), -(-info.width // k))
+    if arr.shape[:2] != expected:
         raise ImageError(
             source,
             "corrupt",
             f"decoded size {arr.shape[1]}x{arr.shape[0]} differs from header "
-            f"{info.width}x{info.height}",
+            f"{info.width}x{info.height}" + (f" at 1/{k} scale" if k > 1 else ""),
         )
     return np.ascontiguousarray(arr), info
 

@@ -254,26 +254,52 @@ def macenko_normalize(
     return np.clip(out, 0, 255).astype(np.uint8), True
 
 
-def _shrink_area(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Box-filter shrink, as INTER_AREA, in two fast steps when the factor is not an integer.
+def _exact(rgb: np.ndarray, width: int, height: int, fx: float, fy: float, flag: int) -> np.ndarray:
+    """``cv2.resize`` by the factors ``fx``, ``fy`` themselves (not ``width / columns``), cut
+    or edge-padded to ``height x width`` (the output's size is rounded by OpenCV)."""
+    out = cv2.resize(rgb, (0, 0), fx=fx, fy=fy, interpolation=flag)
+    short_y, short_x = max(0, height - out.shape[0]), max(0, width - out.shape[1])
+    if short_y or short_x:
+        out = cv2.copyMakeBorder(out, 0, short_y, 0, short_x, cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(out[:height, :width])
 
-    OpenCV's INTER_AREA is ~15x faster for integer factors. So first k x k blocks are averaged
-    (k = the integer part of the factor per axis; the < k rows/columns that do not fill a
-    block are cropped evenly from both sides), then the rest (a factor below 2) is
-    area-resized exactly. Both steps are box averages, like one INTER_AREA step.
+
+def _shrink_area(
+    rgb: np.ndarray, width: int, height: int, scale: int, source_hw: tuple[int, int]
+) -> np.ndarray:
+    """Box-filter shrink of the ``source_hw`` image that ``rgb`` is at 1/``scale``: each output
+    px is the mean of the source px it covers (INTER_AREA's definition), in two fast steps.
+
+    OpenCV's INTER_AREA is ~5x faster for integer factors. So first k x k blocks are averaged
+    (k = the integer part of the factor per axis; a last, partial block is averaged over the
+    px it has), then the rest (a factor below 2) is area-resized by the exact factor that
+    maps the source's extent onto the output, so no row or column is dropped or shifted.
     """
-    src_h, src_w = rgb.shape[:2]
-    kx, ky = src_w // width, src_h // height
-    exact = src_w == kx * width and src_h == ky * height
-    if not exact and max(kx, ky) >= 2:
-        x0, y0 = (src_w % kx) // 2, (src_h % ky) // 2
-        blocks = rgb[y0 : y0 + src_h // ky * ky, x0 : x0 + src_w // kx * kx]
-        rgb = cv2.resize(blocks, (src_w // kx, src_h // ky), interpolation=cv2.INTER_AREA)
-    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    src_h, src_w = source_hw
+    sy = sx = float(scale)
+    ky, kx = max(1, int(src_h // (height * sy))), max(1, int(src_w // (width * sx)))
+    if max(kx, ky) >= 2:
+        rgb = cv2.resize(rgb, (0, 0), fx=1 / kx, fy=1 / ky, interpolation=cv2.INTER_AREA)
+        sx, sy = sx * kx, sy * ky
+    if rgb.shape[:2] == (height, width) and (src_h, src_w) == (height * sy, width * sx):
+        return rgb
+    return _exact(rgb, width, height, width * sx / src_w, height * sy / src_h, cv2.INTER_AREA)
 
 
-def resize(rgb: np.ndarray, size: int | tuple[int, int], interpolation: str = "area") -> np.ndarray:
-    """Resize to ``size x size`` (or ``(height, width)``); the aspect ratio is not kept."""
+def resize(
+    rgb: np.ndarray,
+    size: int | tuple[int, int],
+    interpolation: str = "area",
+    *,
+    scale: int = 1,
+    source_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Resize to ``size x size`` (or ``(height, width)``); the aspect ratio is not kept.
+
+    ``scale``/``source_hw``: ``rgb`` is a ``source_hw`` image decoded at 1/``scale`` (a JPEG's
+    reduced-scale decode, ``ceil(H/scale) x ceil(W/scale)`` px); the output then covers the
+    source exactly as a resize of the full-size image would.
+    """
     check_rgb(rgb)
     if interpolation not in INTERPOLATIONS:
         raise ValueError(
@@ -283,8 +309,13 @@ def resize(rgb: np.ndarray, size: int | tuple[int, int], interpolation: str = "a
     height, width = int(height), int(width)
     if height < 1 or width < 1:
         raise ValueError(f"resize size must be positive, got {size}")
-    if rgb.shape[:2] == (height, width):
+    source = source_hw if scale > 1 and source_hw is not None else rgb.shape[:2]
+    scale = scale if source is source_hw else 1
+    if scale == 1 and rgb.shape[:2] == (height, width):
         return rgb
     if interpolation == "area" and rgb.shape[0] >= height and rgb.shape[1] >= width:
-        return _shrink_area(rgb, width, height)
-    return cv2.resize(rgb, (width, height), interpolation=INTERPOLATIONS[interpolation])
+        return _shrink_area(rgb, width, height, scale, source)
+    if scale == 1:
+        return cv2.resize(rgb, (width, height), interpolation=INTERPOLATIONS[interpolation])
+    fx, fy = width * scale / source[1], height * scale / source[0]
+    return _exact(rgb, width, height, fx, fy, INTERPOLATIONS[interpolation])

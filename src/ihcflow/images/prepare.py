@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ihcflow.config import ConfigError, plain, typed
-from ihcflow.images.codec import DEFAULT_MAX_PIXELS, decode_rgb8
+from ihcflow.images.codec import DEFAULT_MAX_PIXELS, decode_rgb8, jpeg_reduction
 from ihcflow.images.features import acquisition, image_features
 from ihcflow.images.ops import (
     auto_correct,
@@ -31,6 +31,11 @@ from ihcflow.images.ops import (
 
 STAIN_METHODS = ("none", "reinhard", "macenko")
 NON_PIXEL_PARAMS = ("workers", "cache_dir")  # how the preprocess stage runs, not what it makes
+# A JPEG is decoded at reduced scale only while that keeps >= this x the model size per side,
+# so the final area resize still averages >= 2x2 decoded px into each model px: PBC cells at
+# 28 px then differ from a full-size decode by 0.14 grey levels on average (1/4 scale),
+# generated 512 px tissue at 64 px by 0.8 (benchmarks/preprocess.py).
+REDUCED_DECODE_MARGIN = 2
 
 
 @dataclass
@@ -85,16 +90,25 @@ class ImageParams:
         return typed(data, cls, where)
 
 
-def preprocess_image(rgb: np.ndarray, params: ImageParams) -> tuple[np.ndarray, dict[str, bool]]:
+def preprocess_image(
+    rgb: np.ndarray,
+    params: ImageParams,
+    *,
+    resized: np.ndarray | None = None,
+    scale: int = 1,
+    source_hw: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, dict[str, bool]]:
     """Prepare one image for the model: denoise -> auto_correct -> stain_norm -> resize.
 
     With ``resize_early`` an image that is being shrunk is resized right after denoising:
     auto_correct and stain_norm are global colour maps, so they give nearly the same result on
     the small image at a fraction of the cost, and their thresholds are then judged on the
-    image the model sees. Denoising always runs at native resolution (a median removes
-    single-pixel specks there; after shrinking they would be smeared instead). Returns the
-    ``size x size`` RGB image and what was applied: ``denoised``, ``corrected``,
-    ``stain_normalized``, ``resized_early``.
+    image the model sees. Denoising runs at native resolution (a median removes single-pixel
+    specks there; after shrinking they would be smeared instead). ``rgb`` may be a JPEG
+    decoded at reduced scale (``scale``, ``source_hw``: :func:`~ihcflow.images.ops.resize`);
+    ``resized``: ``rgb`` resized to the model size if the caller already has it (used when
+    there is nothing to denoise). Returns the ``size x size`` RGB image and what was
+    applied: ``denoised``, ``corrected``, ``stain_normalized``, ``resized_early``.
     """
     check_rgb(rgb)
     size, interpolation = params.size, params.interpolation
@@ -108,7 +122,9 @@ def preprocess_image(rgb: np.ndarray, params: ImageParams) -> tuple[np.ndarray, 
         "resized_early": shrinking and params.resize_early,
     }
     if applied["resized_early"]:
-        out = resize(out, size, interpolation)
+        if resized is None or out is not rgb:  # denoised: resize that
+            resized = resize(out, size, interpolation, scale=scale, source_hw=source_hw)
+        out = resized
     ac = params.auto_correct
     if ac.enabled:
         out, applied["corrected"] = auto_correct(
@@ -133,7 +149,9 @@ def preprocess_image(rgb: np.ndarray, params: ImageParams) -> tuple[np.ndarray, 
         raise ValueError(
             f"stain_norm method {sn.method!r} unknown, expected one of {STAIN_METHODS}"
         )
-    return resize(out, size, interpolation), applied
+    if out.shape[:2] == (size, size) and applied["resized_early"]:
+        return out, applied
+    return resize(out, size, interpolation, scale=scale, source_hw=source_hw), applied
 
 
 def check_params(params: ImageParams) -> None:
@@ -143,6 +161,15 @@ def check_params(params: ImageParams) -> None:
         preprocess_image(np.full((64, 64, 3), 128, np.uint8), params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"params `preprocess`: {exc}") from None
+
+
+def decode_min_side(params: ImageParams) -> int | None:
+    """The px per side :func:`prepare_image` asks of the decoder (a JPEG may then be decoded
+    at reduced scale), or None: full size. A median at native resolution is not a median at
+    1/k scale, so with ``denoise`` the decode stays full size."""
+    if params.denoise.method != "none":
+        return None
+    return REDUCED_DECODE_MARGIN * params.size
 
 
 @dataclass(frozen=True)
@@ -166,6 +193,7 @@ def prepare_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strict: bool = False,
+    full_decode: bool = False,
 ) -> Prepared:
     """Raw file bytes -> the model-ready image, its drift features and acquisition properties.
 
@@ -173,10 +201,20 @@ def prepare_image(
     (before any correction) at ``params.size`` with ``params.interpolation``, then
     :func:`preprocess_image`. ``strict`` also rejects damaged pixel data (the server has no
     validate stage before it).
+
+    Less work for the same result: with nothing to denoise, a JPEG is decoded at 1/2, 1/4 or
+    1/8 scale while that keeps >= 2x ``params.size`` px per side
+    (:func:`~ihcflow.images.codec.jpeg_reduction`; ``full_decode`` turns it off, for
+    comparison: benchmarks/preprocess.py measures the difference), and the one resize to the
+    model size serves both the features and the preprocessing. (A median at 1/k scale is
+    another filter than at full size, so with ``denoise`` the decode stays full size.)
     """
-    rgb, info = decode_rgb8(data, source, max_pixels=max_pixels, strict=strict)
-    features = image_features(rgb, params.size, params.interpolation)
-    out, applied = preprocess_image(rgb, params)
+    min_side = None if full_decode else decode_min_side(params)
+    rgb, info = decode_rgb8(data, source, max_pixels=max_pixels, strict=strict, min_side=min_side)
+    scale, source_hw = jpeg_reduction(info, min_side), (info.height, info.width)
+    small = resize(rgb, params.size, params.interpolation, scale=scale, source_hw=source_hw)
+    features = image_features(small, params.size, params.interpolation)
+    out, applied = preprocess_image(rgb, params, resized=small, scale=scale, source_hw=source_hw)
     return Prepared(out, features, acquisition(info, len(data)), applied)
 
 

@@ -290,6 +290,7 @@ def describe(
             "model_digest": digest,
         },
         "onnx": onnx["onnx"],
+        "tta": bool(getattr(predictor, "tta", False)),  # evaluate.tta: folded into the graph
         "training": config,
     }
 

@@ -133,6 +133,7 @@ def fit(
                 monitor=run.train.monitor,
                 mode=run.train.mode,
                 early_stopping=run.train.early_stopping,
+                ema_decay=run.train.ema_decay,
                 ckpt_dir=ckpt_dir,
                 live_dir=live_dir,
                 resume=resume,

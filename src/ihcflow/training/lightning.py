@@ -15,7 +15,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from dvclive.lightning import DVCLiveLogger
-from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+)
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from ihcflow.training import TrainError
@@ -120,9 +125,10 @@ def train_lightning(
     live_dir: Path,
     resume: Path | None,
     callbacks: Sequence[Callback] = (),
+    ema_decay: float | None = None,
 ) -> dict[str, Any]:
-    """Fit ``module`` on ``dm`` with best/last checkpoints, dvclive and optional early
-    stopping; mark the run finished and return the training part of ``summary.json``.
+    """Fit ``module`` on ``dm`` with best/last checkpoints, dvclive, optional early
+    stopping and an optional exponential moving average of the weights (``ema_decay``); mark the run finished and return the training part of ``summary.json``.
 
     Shared by the classifier (``training.fit``) and the nuclei segmenter
     (``segmentation.fit``)."""
@@ -148,6 +154,11 @@ def train_lightning(
     )
     timer = StepTimer()
     cbs: list[Callback] = [best, last, timer, *callbacks]
+    if ema_decay is not None:
+        # validation and every checkpoint's state_dict use the average (Lightning swaps it in;
+        # the live weights are kept in the checkpoint to resume from), so best.ckpt, evaluate
+        # and register see the averaged model
+        cbs.append(EMAWeightAveraging(decay=ema_decay, use_buffers=True))
     if early_stopping.patience:
         cbs.append(
             EarlyStopping(

@@ -52,6 +52,7 @@ class TrainParams:
     num_workers: Any  # "auto" or a count
     in_memory_max_bytes: int
     channels_last: bool
+    ema_decay: float | None  # None: off; else the checkpoints hold the EMA of the weights
 
 
 @dataclass

@@ -28,17 +28,41 @@ from ihcflow.training.networks import ImageFeatures
 BATCH = 256
 
 
-class InferenceNet(nn.Module):
-    """float [0, 1] images -> (softmax probabilities, embedding)."""
+def dihedral(x: torch.Tensor) -> torch.Tensor:
+    """The 8 views of each square image in (N, C, S, S) under the dihedral group (4 rotations,
+    each with and without a mirror), as one (8N, C, S, S) batch: view-major."""
+    mirrored = x.flip(-1)
+    return torch.cat(
+        [torch.rot90(base, k, dims=(-2, -1)) for base in (x, mirrored) for k in range(4)]
+    )
 
-    def __init__(self, normalize: Normalize, net: nn.Module) -> None:
+
+class InferenceNet(nn.Module):
+    """float [0, 1] images -> (softmax probabilities, embedding).
+
+    ``tta``: test-time augmentation over the 8 dihedral views (flips and 90-degree rotations:
+    a cell has no orientation): the network sees one batch of 8N images, and the
+    probabilities and embedding are the means over the views. It is part of the module, so
+    evaluation and the exported ONNX graph (the served model) do the same.
+    """
+
+    def __init__(self, normalize: Normalize, net: nn.Module, *, tta: bool = False) -> None:
         super().__init__()
         self.normalize = normalize
         self.net: Any = net  # a network of ihcflow.training.networks: features, head, embed_dim
+        self.tta = tta
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.net.features(self.normalize(x))
-        return torch.softmax(self.net.head(embedding), dim=1), embedding
+        if not self.tta:
+            embedding = self.net.features(self.normalize(x))
+            return torch.softmax(self.net.head(embedding), dim=1), embedding
+        n = x.shape[0]
+        embedding = self.net.features(self.normalize(dihedral(x)))
+        probs = torch.softmax(self.net.head(embedding), dim=1)
+        return (
+            probs.reshape(8, n, probs.shape[1]).mean(dim=0),
+            embedding.reshape(8, n, embedding.shape[1]).mean(dim=0),
+        )
 
 
 def _dynamic_batch() -> dict[str, Any]:
@@ -71,9 +95,13 @@ def _export_torch(module: nn.Module, size: int, path: Path, output_names: list[s
 
 
 class CheckpointPredictor:
-    """A model rebuilt from a checkpoint (Lightning network or scikit-learn baseline)."""
+    """A model rebuilt from a checkpoint (Lightning network or scikit-learn baseline).
 
-    def __init__(self, ckpt: dict[str, Any], source: str) -> None:
+    ``tta``: predict with test-time augmentation (:class:`InferenceNet`; networks only), in
+    PyTorch and in the ONNX export alike; the registry's digest says so.
+    """
+
+    def __init__(self, ckpt: dict[str, Any], source: str, *, tta: bool = False) -> None:
         meta = ckpt[CKPT_KEY]
         try:
             self.class_names: list[str] = list(meta["class_names"])
@@ -86,14 +114,22 @@ class CheckpointPredictor:
             ) from None
         self.source = source
         self.meta = meta
-        self.digest = model_digest(ckpt)  # names the model in the registry (see register)
+        self.tta = tta
+        # names the model in the registry (see register): the same weights with and without
+        # TTA are two models
+        self.digest = model_digest(ckpt) + ("+tta8" if tta else "")
+        if tta and self.kind != "lightning":
+            raise CheckpointError(
+                f"{source}: test-time augmentation (evaluate.tta) needs a network, "
+                f"not a {self.kind!r} model"
+            )
         if self.kind == "lightning":
             net = instantiate(
                 self.config["model"]["net"],
                 num_classes=len(self.class_names),
                 input_size=self.input_size,
             )
-            self.model = InferenceNet(Normalize(meta["mean"], meta["std"]), net)
+            self.model = InferenceNet(Normalize(meta["mean"], meta["std"]), net, tta=tta)
             state = {
                 k: v
                 for k, v in ckpt["state_dict"].items()
@@ -229,6 +265,7 @@ def _append_sklearn(features: Any, estimator: Any, dim: int) -> Any:
     return merged
 
 
-def load_predictor(ckpt_path: str | os.PathLike[str]) -> CheckpointPredictor:
-    """Rebuild the model stored in ``ckpt_path`` (a ``best.ckpt``/``last.ckpt`` of train)."""
-    return CheckpointPredictor(load_checkpoint(ckpt_path), str(ckpt_path))
+def load_predictor(ckpt_path: str | os.PathLike[str], *, tta: bool = False) -> CheckpointPredictor:
+    """Rebuild the model stored in ``ckpt_path`` (a ``best.ckpt``/``last.ckpt`` of train);
+    ``tta``: with dihedral test-time augmentation (``evaluate.tta``)."""
+    return CheckpointPredictor(load_checkpoint(ckpt_path), str(ckpt_path), tta=tta)
