@@ -128,7 +128,8 @@ def train_lightning(
     ema_decay: float | None = None,
 ) -> dict[str, Any]:
     """Fit ``module`` on ``dm`` with best/last checkpoints, dvclive, optional early
-    stopping and an optional exponential moving average of the weights (``ema_decay``); mark the run finished and return the training part of ``summary.json``.
+    stopping and an optional exponential moving average of the weights (``ema_decay``); mark
+    the run finished and return the training part of ``summary.json``.
 
     Shared by the classifier (``training.fit``) and the nuclei segmenter
     (``segmentation.fit``)."""
