@@ -15,7 +15,7 @@ from ihcflow.config import load_params, section
 from ihcflow.errors import PipelineError
 from ihcflow.evaluation import EvaluateParams
 from ihcflow.files import read_json
-from ihcflow.registry.gate import GateFailed, GateParams
+from ihcflow.registry.gate import ClassifierGateSettings, GateFailed, GateParams
 from ihcflow.registry.register import (
     Candidate,
     Evaluated,
@@ -31,7 +31,7 @@ UNCHANGED = "the registered model is unchanged"
 
 
 def run(
-    params: GateParams,
+    params: GateParams[ClassifierGateSettings],
     *,
     checkpoint: Path,
     metrics: Path,
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         params = load_params(args.params)
         result = run(
-            GateParams.from_section(params.get("gate")),
+            GateParams.from_section(params.get("gate"), ClassifierGateSettings),
             checkpoint=args.checkpoint,
             metrics=args.metrics,
             predictions=args.predictions,

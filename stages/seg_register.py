@@ -14,7 +14,7 @@ from pathlib import Path
 from ihcflow.config import load_params
 from ihcflow.errors import PipelineError
 from ihcflow.files import read_json
-from ihcflow.registry.gate import GateFailed, GateParams
+from ihcflow.registry.gate import GateFailed, GateParams, GateSettings
 from ihcflow.registry.register import RegisterError
 from ihcflow.segmentation.evaluation import tiles_of
 from ihcflow.segmentation.inference import TilingConfig
@@ -28,7 +28,7 @@ UNCHANGED = "the registered segmentation model is unchanged"
 
 
 def run(
-    params: GateParams,
+    params: GateParams[GateSettings],
     *,
     tiling: TilingConfig,
     checkpoint: Path,

@@ -21,7 +21,7 @@ from ihcflow.dataset import load_images
 from ihcflow.evaluation import EvaluateParams, Misclassified
 from ihcflow.files import sha256_file
 from ihcflow.model_format import model_input
-from ihcflow.registry.gate import GateParams
+from ihcflow.registry.gate import ClassifierGateSettings, GateParams
 from tests.helpers import load_stage, plain_preprocess
 from tests.helpers.data import CLASSES, SIZE
 
@@ -137,7 +137,7 @@ def register_tiny(
     return (
         load_stage("register")
         .run(
-            GateParams.from_section(gate),
+            GateParams.from_section(gate, ClassifierGateSettings),
             checkpoint=ev["ckpt"],
             metrics=root / "reports/metrics.json",
             predictions=root / "reports/predictions.csv",

@@ -16,7 +16,7 @@ from ihcflow.evaluation import EvaluateParams
 from ihcflow.monitoring.cli import DEFAULT_CACHE
 from ihcflow.monitoring.drift import DriftParams
 from ihcflow.preprocess import PreprocessParams
-from ihcflow.registry.gate import GateParams
+from ihcflow.registry.gate import ClassifierGateSettings, GateParams
 from ihcflow.segmentation import params as seg
 from ihcflow.segmentation import sample as nuclei_sample
 from ihcflow.segmentation.inference import TilingConfig
@@ -33,7 +33,7 @@ READERS: dict[str, Callable[[Any], Any]] = {
     "split": lambda p: section(p, "split", SplitParams),
     "train": TrainRun.from_params,
     "evaluate": lambda p: section(p, "evaluate", EvaluateParams),
-    "gate": lambda p: GateParams.from_section(p.get("gate")),
+    "gate": lambda p: GateParams.from_section(p.get("gate"), ClassifierGateSettings),
     "segmentation.train": SegTrainRun.from_params,
     "segmentation.split": seg.split_params,
     "segmentation.tiling": seg.tiling_params,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ihcflow.config import ConfigError
-from ihcflow.registry.gate import GateFailed, GateParams, evaluate_gate
+from ihcflow.registry.gate import ClassifierGateSettings, GateFailed, GateParams, evaluate_gate
 from ihcflow.registry.install import next_version
 
 METRICS = {
@@ -98,12 +98,14 @@ def test_gate_params_name_a_misspelled_setting() -> None:
     section = {"min_accuracy": 0.8, "verify_images": 16, "verify_tolerance": 1e-4,
                "model_name": "m", "version": None, "ood_quantile": 0.99,
                "ood_components": 32}  # fmt: skip
-    params = GateParams.from_section(section)
+    params = GateParams.from_section(section, ClassifierGateSettings)
     assert params.thresholds == {"min_accuracy": 0.8} and params.settings.verify_images == 16
     with pytest.raises(ConfigError, match=r"params `gate.verfy_images`: unknown key"):
-        GateParams.from_section({**section, "verfy_images": 8})
+        GateParams.from_section({**section, "verfy_images": 8}, ClassifierGateSettings)
     with pytest.raises(ConfigError, match=r"params `gate.model_name`: missing"):
-        GateParams.from_section({k: v for k, v in section.items() if k != "model_name"})
+        GateParams.from_section(
+            {k: v for k, v in section.items() if k != "model_name"}, ClassifierGateSettings
+        )
 
 
 def test_versions_bump_only_for_a_new_model() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ihcflow.config import ConfigError, plain, typed
 from ihcflow.reporting.format import markdown_table, number, text_table
@@ -22,29 +22,41 @@ THRESHOLD_KEY = re.compile(r"^(min|max)_(class_)?(.+)$")
 
 @dataclass
 class GateSettings:
+    """How any registered model is verified and named (both tasks' ``gate`` sections)."""
+
     verify_images: int  # test images the exported ONNX model is checked on
     verify_tolerance: float  # max |ONNX - checkpoint| probability difference accepted
     model_name: str  # name in model.json and the model card
     version: str | None  # null: kept for the same weights, else previous + 1 patch
+
+
+@dataclass
+class ClassifierGateSettings(GateSettings):
+    """The classifier's settings: also how its per-image OOD score is calibrated."""
+
     ood_quantile: float  # OOD threshold: this quantile of the validation images' scores
     ood_components: int  # axes of the shared covariance the OOD score keeps (ihcflow.ood)
 
 
+S = TypeVar("S", bound=GateSettings)
+
+
 @dataclass
-class GateParams:
-    """The ``gate`` params section: the thresholds and :class:`GateSettings`."""
+class GateParams(Generic[S]):
+    """A ``gate`` params section: the thresholds and the settings (``S``)."""
 
     thresholds: dict[str, float | None]
-    settings: GateSettings
+    settings: S
 
     @classmethod
-    def from_section(cls, node: Any) -> GateParams:
-        """Thresholds are the keys named like one; every other key must be a setting."""
+    def from_section(cls, node: Any, schema: type[S]) -> GateParams[S]:
+        """Thresholds are the keys named like one; every other key must be a field of
+        ``schema``."""
         data = plain(node)
         if not isinstance(data, Mapping):
             raise ConfigError(f"params `gate`: expected a mapping, got {type(data).__name__}")
         rest = {k: v for k, v in data.items() if not THRESHOLD_KEY.match(str(k))}
-        return cls(thresholds(data), typed(rest, GateSettings, "gate"))
+        return cls(thresholds(data), typed(rest, schema, "gate"))
 
 
 def thresholds(gate: Mapping[str, Any]) -> dict[str, float | None]:

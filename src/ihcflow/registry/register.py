@@ -38,7 +38,14 @@ from ihcflow.model_format import (
 )
 from ihcflow.ood import MIN_CALIBRATION, OodError, fit_ood
 from ihcflow.registry.card import model_card
-from ihcflow.registry.gate import GateFailed, GateParams, GateResult, GateSettings, evaluate_gate
+from ihcflow.registry.gate import (
+    ClassifierGateSettings,
+    GateFailed,
+    GateParams,
+    GateResult,
+    GateSettings,
+    evaluate_gate,
+)
 from ihcflow.registry.install import (
     install_set,
     next_version,
@@ -93,7 +100,7 @@ class Registered:
 def register(
     candidate: Candidate,
     evaluated: Evaluated,
-    gate: GateParams,
+    gate: GateParams[ClassifierGateSettings],
     *,
     root: str | Path,
     split_csv: str | Path,
@@ -212,7 +219,7 @@ def export_verified(
 def calibrate_ood(
     onnx_path: Path,
     predictor: Predictor,
-    settings: GateSettings,
+    settings: ClassifierGateSettings,
     root: Path,
     split_csv: Path,
 ) -> dict[str, Any] | None:

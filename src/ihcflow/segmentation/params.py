@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ihcflow.config import ConfigError, plain, seed, typed
-from ihcflow.registry.gate import GateParams
+from ihcflow.registry.gate import GateParams, GateSettings
 from ihcflow.segmentation.inference import TilingConfig
 from ihcflow.segmentation.instances import PostprocessConfig
 from ihcflow.training.augment import AugmentParams
@@ -127,5 +127,5 @@ def evaluate_params(params: DictConfig | dict[str, Any]) -> SegEvaluateParams:
     return typed(_section(params).get("evaluate"), SegEvaluateParams, f"{SECTION}.evaluate")
 
 
-def gate_params(params: DictConfig | dict[str, Any]) -> GateParams:
-    return GateParams.from_section(_section(params).get("gate"))
+def gate_params(params: DictConfig | dict[str, Any]) -> GateParams[GateSettings]:
+    return GateParams.from_section(_section(params).get("gate"), GateSettings)

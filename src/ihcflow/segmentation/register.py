@@ -23,7 +23,7 @@ from ihcflow.data.provenance import read_dvc_file, recorded_md5
 from ihcflow.files import sha256_file
 from ihcflow.model_format import CARD_NAME, JSON_NAME, ONNX_NAME
 from ihcflow.registry.card import considerations, gate_section, header, training
-from ihcflow.registry.gate import GateFailed, GateParams, GateResult, evaluate_gate
+from ihcflow.registry.gate import GateFailed, GateParams, GateResult, GateSettings, evaluate_gate
 from ihcflow.registry.install import (
     install_set,
     next_version,
@@ -65,7 +65,7 @@ def register_segmentation(
     *,
     checkpoint: Path,
     metrics: Mapping[str, Any],
-    gate: GateParams,
+    gate: GateParams[GateSettings],
     tiling: TilingConfig,
     test_images: list[np.ndarray],
     split_csv: Path,
