@@ -109,7 +109,12 @@ def evaluate_tiny(
     ckpt = root / "models/checkpoints/best.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": predictor.net.state_dict(), "config": predictor.config}, ckpt)
-    params = EvaluateParams("test", batch_size, Misclassified(max_images=max_images, columns=2))
+    params = EvaluateParams(
+        split="test",
+        batch_size=batch_size,
+        tta=False,
+        misclassified=Misclassified(max_images=max_images, columns=2),
+    )
     result = load_stage("evaluate").run(
         params,
         checkpoint=ckpt,
