@@ -385,11 +385,7 @@ def ood_benchmark(
     out["content features (experiment)"] = content_check(
         scorer, (train_x, train_y), (val_x, val_e, val_pred), sample, embedded, len(classes)
     )
-    bicubic_flags = {}
-    for name, images in (("centre crops", sample["crops"]), ("full frames", sample["originals"])):
-        emb, _ = embed(net, np.stack([bicubic(x) for x in images]))
-        bicubic_flags[name] = float(scorer.flags(scorer.scores(emb)).mean())
-    out["uploads resized like the training images (PIL bicubic, experiment)"] = bicubic_flags
+    out["uploads resized otherwise (experiment)"] = other_resizes(net, scorer, sample, labels)
     flags: dict[str, np.ndarray] = {}
     for name, (emb, pred) in embedded.items():
         flags[name] = scorer.flags(scorer.scores(emb))
@@ -419,6 +415,26 @@ def framing_check(
         zoomed, _ = embed(net, np.stack([zoom(x, "area") for x in images]))
         gain = scorer.scores(embedded[name][0]) - scorer.scores(zoomed)
         out[name] = float((gain > threshold).mean())
+    return out
+
+
+def other_resizes(net: Any, scorer: Any, sample: dict, labels: np.ndarray) -> dict[str, Any]:
+    """Not in the server: the uploads resized to 28 px by PIL bicubic (as pbc28's training
+    images were made) and by OpenCV's one-step INTER_AREA instead of
+    :func:`ihcflow.images.ops.resize`: crop accuracy and flagged shares."""
+    resizers: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "PIL bicubic": bicubic,
+        "cv2 INTER_AREA": lambda x: cv2.resize(x, (SIZE, SIZE), interpolation=cv2.INTER_AREA),
+    }
+    out: dict[str, Any] = {}
+    for method, fn in resizers.items():
+        crops, predicted = embed(net, np.stack([fn(x) for x in sample["crops"]]))
+        frames, _ = embed(net, np.stack([fn(x) for x in sample["originals"]]))
+        out[method] = {
+            "centre crops accuracy": float((predicted == labels).mean()),
+            "centre crops": float(scorer.flags(scorer.scores(crops)).mean()),
+            "full frames": float(scorer.flags(scorer.scores(frames)).mean()),
+        }
     return out
 
 
