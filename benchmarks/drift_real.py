@@ -382,6 +382,10 @@ def ood_benchmark(
         "grid": grid,
     }
     out["framing check (experiment)"] = framing_check(net, scorer, val_x, val_e, sample, embedded)
+    out["content features (experiment)"] = content_check(
+        scorer, (train_x, train_y), (val_x, val_e, val_pred), sample, embedded, len(classes)
+    )
+    out["uploads resized otherwise (experiment)"] = other_resizes(net, scorer, sample, labels)
     flags: dict[str, np.ndarray] = {}
     for name, (emb, pred) in embedded.items():
         flags[name] = scorer.flags(scorer.scores(emb))
@@ -411,6 +415,104 @@ def framing_check(
         zoomed, _ = embed(net, np.stack([zoom(x, "area") for x in images]))
         gain = scorer.scores(embedded[name][0]) - scorer.scores(zoomed)
         out[name] = float((gain > threshold).mean())
+    return out
+
+
+def other_resizes(net: Any, scorer: Any, sample: dict, labels: np.ndarray) -> dict[str, Any]:
+    """Not in the server: the uploads resized to 28 px by PIL bicubic (as pbc28's training
+    images were made) and by OpenCV's one-step INTER_AREA instead of
+    :func:`ihcflow.images.ops.resize`: crop accuracy and flagged shares."""
+    resizers: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "PIL bicubic": bicubic,
+        "cv2 INTER_AREA": lambda x: cv2.resize(x, (SIZE, SIZE), interpolation=cv2.INTER_AREA),
+    }
+    out: dict[str, Any] = {}
+    for method, fn in resizers.items():
+        crops, predicted = embed(net, np.stack([fn(x) for x in sample["crops"]]))
+        frames, _ = embed(net, np.stack([fn(x) for x in sample["originals"]]))
+        out[method] = {
+            "centre crops accuracy": float((predicted == labels).mean()),
+            "centre crops": float(scorer.flags(scorer.scores(crops)).mean()),
+            "full frames": float(scorer.flags(scorer.scores(frames)).mean()),
+        }
+    return out
+
+
+def content_check(
+    scorer: Any,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray, np.ndarray],
+    sample: dict,
+    embedded: dict,
+    n_classes: int,
+) -> dict[str, dict[str, float]]:
+    """Not in the server: a second score on the content features the server already measures
+    per upload (:func:`~ihcflow.images.features.image_features` at 28 px; sharpness as
+    log(1 + x)), standardised on the training images: pooled Mahalanobis, nearest class
+    (:func:`ihcflow.ood.fit_ood`, full covariance) and the predicted class's. Each alone
+    (threshold at the 0.95 quantile of the validation images) and OR-combined with the
+    embedding score, both thresholds at one validation quantile q, the largest that keeps the
+    validation flag rate <= 5%."""
+    from ihcflow.ood import fit_ood
+
+    (train_x, train_y), (val_x, val_e, val_pred) = train, val
+
+    def rows(images: Sequence[np.ndarray]) -> np.ndarray:
+        x = feature_rows(images)
+        x[:, FEATURE_COLUMNS.index("sharpness")] = np.log1p(
+            x[:, FEATURE_COLUMNS.index("sharpness")]
+        )
+        return x
+
+    feats = {"val": rows(list(val_x))}
+    feats["centre crops"], feats["full frames"] = rows(sample["crops"]), rows(sample["originals"])
+    reference = rows(list(train_x))
+    mean, std = reference.mean(axis=0), reference.std(axis=0)
+    z = {k: (v - mean) / std for k, v in feats.items()}
+    inverse = np.linalg.pinv(np.cov(((reference - mean) / std).T))
+    per_class = fit_ood((reference - mean) / std, train_y, n_classes, len(FEATURE_COLUMNS))
+    preds = {"val": val_pred, **{k: embedded[k][1] for k in ("centre crops", "full frames")}}
+
+    def predicted_class(name: str) -> np.ndarray:
+        out = np.empty(len(z[name]))
+        for k in range(n_classes):
+            rows_k = preds[name] == k
+            if rows_k.any():
+                one = type(per_class)(
+                    *(
+                        a[k : k + 1]
+                        for a in (
+                            per_class.means,
+                            per_class.bases,
+                            per_class.variances,
+                            per_class.residuals,
+                        )
+                    )
+                )
+                out[rows_k] = one.scores(z[name][rows_k])
+        return out
+
+    methods: dict[str, Callable[[str], np.ndarray]] = {
+        "pooled": lambda n: np.sqrt(np.einsum("ij,jk,ik->i", z[n], inverse, z[n])),
+        "nearest class": lambda n: per_class.scores(z[n]),
+        "predicted class": predicted_class,
+    }
+    embedding = {"val": scorer.scores(val_e)}
+    embedding.update({k: scorer.scores(embedded[k][0]) for k in ("centre crops", "full frames")})
+    out = {}
+    for method, score in methods.items():
+        content = {k: score(k) for k in feats}
+        alone = np.quantile(content["val"], 0.95, method="higher")
+        for q in np.linspace(0.95, 0.9999, 800):
+            t_emb, t_con = np.quantile(embedding["val"], q), np.quantile(content["val"], q)
+            if np.mean((embedding["val"] > t_emb) | (content["val"] > t_con)) <= 0.05:
+                break
+        out[method] = {"combined quantile": float(q)}
+        for k in ("val", "centre crops", "full frames"):
+            out[method][f"{k} alone"] = float((content[k] > alone).mean())
+            out[method][f"{k} combined"] = float(
+                ((embedding[k] > t_emb) | (content[k] > t_con)).mean()
+            )
     return out
 
 
