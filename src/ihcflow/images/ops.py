@@ -264,28 +264,6 @@ def _exact(rgb: np.ndarray, width: int, height: int, fx: float, fy: float, flag:
     return np.ascontiguousarray(out[:height, :width])
 
 
-def _shrink_area(
-    rgb: np.ndarray, width: int, height: int, scale: int, source_hw: tuple[int, int]
-) -> np.ndarray:
-    """Box-filter shrink of the ``source_hw`` image that ``rgb`` is at 1/``scale``: each output
-    px is the mean of the source px it covers (INTER_AREA's definition), in two fast steps.
-
-    OpenCV's INTER_AREA is ~5x faster for integer factors. So first k x k blocks are averaged
-    (k = the integer part of the factor per axis; a last, partial block is averaged over the
-    px it has), then the rest (a factor below 2) is area-resized by the exact factor that
-    maps the source's extent onto the output, so no row or column is dropped or shifted.
-    """
-    src_h, src_w = source_hw
-    sy = sx = float(scale)
-    ky, kx = max(1, int(src_h // (height * sy))), max(1, int(src_w // (width * sx)))
-    if max(kx, ky) >= 2:
-        rgb = cv2.resize(rgb, (0, 0), fx=1 / kx, fy=1 / ky, interpolation=cv2.INTER_AREA)
-        sx, sy = sx * kx, sy * ky
-    if rgb.shape[:2] == (height, width) and (src_h, src_w) == (height * sy, width * sx):
-        return rgb
-    return _exact(rgb, width, height, width * sx / src_w, height * sy / src_h, cv2.INTER_AREA)
-
-
 def resize(
     rgb: np.ndarray,
     size: int | tuple[int, int],
@@ -313,8 +291,9 @@ def resize(
     scale = scale if source is source_hw else 1
     if scale == 1 and rgb.shape[:2] == (height, width):
         return rgb
-    if interpolation == "area" and rgb.shape[0] >= height and rgb.shape[1] >= width:
-        return _shrink_area(rgb, width, height, scale, source)
+    # one cv2.resize: INTER_AREA's box filter is then exact for any factor (averaging k x k
+    # blocks first and area-resizing the rest, 5x faster, was 3.75 grey levels off a true box
+    # filter at 200 -> 28 px)
     if scale == 1:
         return cv2.resize(rgb, (width, height), interpolation=INTERPOLATIONS[interpolation])
     fx, fy = width * scale / source[1], height * scale / source[0]
