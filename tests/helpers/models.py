@@ -35,6 +35,7 @@ PASSING = {  # a gate the tiny model passes on the colour data set
     "version": None,
     "ood_quantile": 0.99,
     "ood_components": 32,
+    "ood_framing_zoom": None,
 }
 
 

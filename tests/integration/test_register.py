@@ -18,6 +18,7 @@ from ihcflow import model_format
 from ihcflow.dataset import load_images
 from ihcflow.files import sha256_file
 from ihcflow.images.codec import read_rgb8
+from ihcflow.images.ops import centre_zoom, resize
 from ihcflow.model_format import OnnxModel, model_input
 from ihcflow.ood import OodScorer
 from ihcflow.registry.gate import GateFailed
@@ -149,6 +150,23 @@ def test_registration_calibrates_the_ood_threshold_on_the_validation_split(
     scores = scorer.scores(emb)
     assert scorer.threshold == np.quantile(scores, 0.99, method="higher")
     assert ood["val_flagged"] == round(float((scores > scorer.threshold).mean()), 4) <= 0.05
+
+
+def test_registration_with_the_framing_check_keeps_the_validation_flag_rate(
+    tmp_path: Path,
+) -> None:
+    split = write_colour_dataset(tmp_path, per_class=45, noise=25.0, val=True)
+    gate = {**PASSING, "ood_quantile": 0.95, "ood_framing_zoom": 0.5}
+    info = register_tiny(evaluate_tiny(tmp_path, TinyPredictor(train_tiny(tmp_path))), gate)
+    ood = info["ood"]
+    assert ood["framing"]["zoom"] == 0.5 and ood["framing"]["threshold"] >= 0.0
+    # both checks on the validation images, as the server runs them: <= 5% flagged
+    scorer = OodScorer.from_info(ood)
+    val = load_images(split[split["split"] == "val"]["image"].tolist(), tmp_path, SIZE)
+    zoomed = np.stack([resize(centre_zoom(x, 0.5), SIZE, "linear") for x in val])
+    model = OnnxModel(tmp_path / "models/model.onnx")
+    flags = scorer.assess(model.predict(val)[1], model.predict(zoomed)[1]).flags
+    assert ood["val_flagged"] == round(float(flags.mean()), 4) <= 0.05
 
 
 def test_failed_gate_never_touches_the_registered_model(evaluated: dict[str, Any]) -> None:

@@ -97,7 +97,7 @@ def test_gate_tables_list_every_check_as_text_and_markdown() -> None:
 def test_gate_params_name_a_misspelled_setting() -> None:
     section = {"min_accuracy": 0.8, "verify_images": 16, "verify_tolerance": 1e-4,
                "model_name": "m", "version": None, "ood_quantile": 0.99,
-               "ood_components": 32}  # fmt: skip
+               "ood_components": 32, "ood_framing_zoom": 0.55}  # fmt: skip
     params = GateParams.from_section(section, ClassifierGateSettings)
     assert params.thresholds == {"min_accuracy": 0.8} and params.settings.verify_images == 16
     with pytest.raises(ConfigError, match=r"params `gate.verfy_images`: unknown key"):

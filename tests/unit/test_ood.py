@@ -75,3 +75,58 @@ def test_bad_sections_and_too_little_calibration_data_are_named() -> None:
         scorer.scores(np.zeros((2, 5)))
     with pytest.raises(OodError, match="fewer than 2 classes"):
         fit_ood(train, np.zeros(len(train), int), 3, components=4)
+
+
+def test_framing_check_flags_images_whose_zoomed_centre_is_closer_to_the_classes() -> None:
+    """A wide view (a full field instead of one cell) is moderately far; its centre zoomed in
+    lies on a class. A well-framed image's zoomed centre lies farther (its objects too big)."""
+    train, labels = clusters(3000, 0)
+    val = clusters(1000, 1)[0]
+    rng = np.random.default_rng(5)
+    too_big = val * 1.4 + rng.normal(size=val.shape)  # zooming a framed image: farther
+    scorer = fit_ood(train, labels, 3, components=16)
+    framed = scorer.calibrated(val, 0.95, too_big, zoom=0.55)
+    alone = scorer.calibrated(val, 0.95)
+    both = framed.assess(val, too_big)
+    assert both.flags.mean() <= 0.05  # both checks together flag the calibrated share
+    assert framed.threshold >= alone.threshold  # ... so each is stricter than alone
+    test = clusters(2000, 2)[0]
+    zoomed_test = test * 1.4 + rng.normal(size=test.shape)
+    assert 0.02 < framed.assess(test, zoomed_test).flags.mean() < 0.08
+    # wide views: moderately off (often under the distance threshold), centres on a class
+    centres = clusters(300, 3)[0]
+    wide = centres + rng.normal(size=centres.shape) * np.linspace(2.0, 0.1, 16) * 0.9
+    judged = framed.assess(wide, centres)
+    assert judged.misframed is not None and judged.misframed.mean() > 0.9
+    assert alone.flags(alone.scores(wide)).mean() < judged.flags.mean()
+    # a shifted image whose centre is as far: out of distribution, but not mis-framed
+    odd = test.copy()
+    odd[:, -1] += 2.0
+    judged = framed.assess(odd, odd)
+    assert judged.flags.mean() > 0.9 and judged.misframed is not None
+    assert not judged.misframed.any()
+    rows = judged.records()
+    assert set(rows[0]) == {"score", "flag", "zoom_gain", "misframed"}
+    assert rows[0]["zoom_gain"] == 0.0 and rows[0]["misframed"] is False
+
+
+def test_framing_section_round_trips_and_is_checked() -> None:
+    train, labels = clusters(600, 0)
+    val = clusters(100, 1)[0]
+    scorer = fit_ood(train, labels, 3, components=4).calibrated(val, 0.95, val * 1.3, zoom=0.5)
+    info = json.loads(json.dumps(scorer.to_info()))
+    assert info["framing"] == {"zoom": 0.5, "threshold": scorer.zoom_threshold}
+    again = OodScorer.from_info(info)
+    test = clusters(50, 5)[0]
+    np.testing.assert_array_equal(
+        again.assess(test, test * 1.2).flags, scorer.assess(test, test * 1.2).flags
+    )
+    assert OodScorer.from_info({**info, "framing": None}).zoom is None
+    with pytest.raises(OodError, match=r"ood.framing.zoom 1.5 outside \[0.2, 0.9\]"):
+        OodScorer.from_info({**info, "framing": {"zoom": 1.5, "threshold": 1.0}})
+    with pytest.raises(OodError, match="ood.framing: needs numeric zoom and threshold"):
+        OodScorer.from_info({**info, "framing": {"zoom": 0.5}})
+    with pytest.raises(OodError, match="needs the zoomed centre of every image"):
+        again.assess(test)
+    with pytest.raises(OodError, match=r"framing zoom must be in \[0.2, 0.9\], got 0.05"):
+        fit_ood(train, labels, 3, components=4).calibrated(val, 0.95, val, zoom=0.05)

@@ -29,7 +29,7 @@ from ihcflow.prediction_log import PredictionLog, iso_z, read_log
 from ihcflow.serving import ModelLoadError, ServedModel, Settings, SettingsError, create_app
 from ihcflow.serving.settings import available_cpus, parse_size
 from tests.helpers import REPO
-from tests.helpers.data import png
+from tests.helpers.data import png, png_bytes
 from tests.helpers.models import ONNX_CLASSES as CLASSES
 from tests.helpers.models import ONNX_SIZE as SIZE
 from tests.helpers.models import mean_colour_onnx, write_model
@@ -337,15 +337,18 @@ def test_prediction_that_cannot_be_logged_is_not_returned(tmp_path: Path) -> Non
     assert "ihcflow_prediction_log_errors_total 1.0" in metrics
 
 
-def colour_ood(quantile: float = 0.99) -> dict[str, Any]:
+def colour_ood(quantile: float = 0.99, zoom: float | None = None) -> dict[str, Any]:
     """model.json's ``ood`` for :func:`mean_colour_onnx`, whose embedding is the mean RGB:
-    trained on reddish, greenish and grey images."""
+    trained on reddish, greenish and grey images of one colour (``zoom``: with the framing
+    check; a one-colour image's centre has the same mean, up to noise)."""
     rng = np.random.default_rng(0)
     centres = np.array([[0.85, 0.1, 0.1], [0.1, 0.85, 0.1], [0.5, 0.5, 0.5]])
     labels = np.arange(600) % 3
     train = centres[labels] + rng.normal(0, 0.03, (600, 3))
     val = centres[np.arange(100) % 3] + rng.normal(0, 0.03, (100, 3))
-    return fit_ood(train, labels, 3, components=3).calibrated(val, quantile).to_info()
+    zoomed = None if zoom is None else val + rng.normal(0, 0.01, val.shape)
+    scorer = fit_ood(train, labels, 3, components=3)
+    return scorer.calibrated(val, quantile, zoomed, zoom).to_info()
 
 
 def test_every_image_gets_an_ood_score_returned_logged_and_counted(tmp_path: Path) -> None:
@@ -369,6 +372,38 @@ def test_every_image_gets_an_ood_score_returned_logged_and_counted(tmp_path: Pat
     assert 'ihcflow_ood_flagged_total{model_version="2.1.0"} 1.0' in metrics
     assert 'ihcflow_ood_score_ratio_count{model_version="2.1.0"} 2.0' in metrics
     assert 'ihcflow_ood_score_ratio_bucket{le="1.0",model_version="2.1.0"} 1.0' in metrics
+
+
+def test_an_image_framed_wider_than_the_training_images_is_flagged_misframed(
+    tmp_path: Path,
+) -> None:
+    """The framing check: the model saw one-colour images; a red field inside a wide blue
+    border is far from every class, and its centre (half of each side) is plain red."""
+    ood = colour_ood(zoom=0.5)
+    settings = Settings(model_dir=write_model(tmp_path / "m", ood=ood), log_dir=tmp_path)
+    wide = np.full((40, 40, 3), (20, 20, 230), np.uint8)
+    wide[10:30, 10:30] = (215, 28, 25)
+    uploads = [
+        ("files", ("red.png", png((215, 28, 25), (40, 40)))),
+        ("files", ("wide.png", png_bytes(wide))),
+        ("files", ("blue.png", png((20, 20, 230), (40, 40)))),
+    ]
+    with serve(create_app(settings)) as client:
+        response = client.post("/predict", files=uploads)
+        model = client.get("/model").json()
+        metrics = client.get("/metrics").text
+    assert response.status_code == 200, response.text
+    red, wide_ood, blue = (p["ood"] for p in response.json()["predictions"])
+    assert (red["flag"], red["misframed"]) == (False, False)
+    assert (wide_ood["flag"], wide_ood["misframed"]) == (True, True)
+    assert wide_ood["zoom_gain"] > ood["framing"]["threshold"] >= 0.0
+    assert (blue["flag"], blue["misframed"]) == (True, False)  # far, but so is its centre
+    assert abs(blue["zoom_gain"]) < 1e-3
+    [path] = tmp_path.glob("*.jsonl")
+    assert [r["ood"] for r in read_log(path)] == [red, wide_ood, blue]
+    assert model["ood"]["framing"] == ood["framing"]
+    assert 'ihcflow_ood_flagged_total{model_version="2.1.0"} 2.0' in metrics
+    assert 'ihcflow_ood_misframed_total{model_version="2.1.0"} 1.0' in metrics
 
 
 def test_a_model_json_without_ood_serves_without_it_and_says_so(tmp_path: Path) -> None:

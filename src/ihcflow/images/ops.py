@@ -298,3 +298,14 @@ def resize(
         return cv2.resize(rgb, (width, height), interpolation=INTERPOLATIONS[interpolation])
     fx, fy = width * scale / source[1], height * scale / source[0]
     return _exact(rgb, width, height, fx, fy, INTERPOLATIONS[interpolation])
+
+
+def centre_zoom(rgb: np.ndarray, share: float) -> np.ndarray:
+    """The centre of ``rgb`` holding ``share`` of each side (at least 1 px): what a camera
+    zoomed in by ``1 / share`` on the same spot would frame. A view, not a copy."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"zoom share must be in (0, 1], got {share}")
+    h, w = rgb.shape[:2]
+    ch, cw = max(1, round(h * share)), max(1, round(w * share))
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return rgb[y : y + ch, x : x + cw]

@@ -22,6 +22,7 @@ from ihcflow.images.codec import DEFAULT_MAX_PIXELS, decode_rgb8, jpeg_reduction
 from ihcflow.images.features import acquisition, image_features
 from ihcflow.images.ops import (
     auto_correct,
+    centre_zoom,
     check_rgb,
     denoise,
     macenko_normalize,
@@ -180,6 +181,7 @@ class Prepared:
     features: dict[str, float]  # FEATURE_COLUMNS: the decoded image at the model's input size
     acquisition: dict[str, int | str]  # ACQUISITION_COLUMNS: the file's size, depth, format
     applied: dict[str, bool]  # what preprocess_image applied
+    zoomed: np.ndarray | None = None  # (S, S, 3): the centre zoomed in (prepare_image's zoom)
 
     @property
     def format(self) -> str:
@@ -194,6 +196,7 @@ def prepare_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     strict: bool = False,
     full_decode: bool = False,
+    zoom: float | None = None,
 ) -> Prepared:
     """Raw file bytes -> the model-ready image, its drift features and acquisition properties.
 
@@ -208,6 +211,10 @@ def prepare_image(
     comparison: benchmarks/preprocess.py measures the difference), and the one resize to the
     model size serves both the features and the preprocessing. (A median at 1/k scale is
     another filter than at full size, so with ``denoise`` the decode stays full size.)
+
+    ``zoom``: also prepare the image's centre holding this share of each side
+    (:func:`~ihcflow.images.ops.centre_zoom`, then :func:`preprocess_image`), for the
+    out-of-distribution framing check (:mod:`ihcflow.ood`).
     """
     min_side = None if full_decode else decode_min_side(params)
     rgb, info = decode_rgb8(data, source, max_pixels=max_pixels, strict=strict, min_side=min_side)
@@ -215,7 +222,8 @@ def prepare_image(
     small = resize(rgb, params.size, params.interpolation, scale=scale, source_hw=source_hw)
     features = image_features(small, params.size, params.interpolation)
     out, applied = preprocess_image(rgb, params, resized=small, scale=scale, source_hw=source_hw)
-    return Prepared(out, features, acquisition(info, len(data)), applied)
+    zoomed = None if zoom is None else preprocess_image(centre_zoom(rgb, zoom), params)[0]
+    return Prepared(out, features, acquisition(info, len(data)), applied, zoomed)
 
 
 def tune_malloc(max_reused: int = 32 << 20) -> bool:

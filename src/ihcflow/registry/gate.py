@@ -36,6 +36,7 @@ class ClassifierGateSettings(GateSettings):
 
     ood_quantile: float  # OOD threshold: this quantile of the validation images' scores
     ood_components: int  # axes of the shared covariance the OOD score keeps (ihcflow.ood)
+    ood_framing_zoom: float | None  # the framing check's centre share of each side (None: off)
 
 
 S = TypeVar("S", bound=GateSettings)

@@ -27,6 +27,7 @@ from ihcflow.errors import PipelineError
 from ihcflow.evaluation import Predictor, probs_from_predictions
 from ihcflow.files import sha256_file
 from ihcflow.images.features import feature_contract
+from ihcflow.images.ops import centre_zoom, resize
 from ihcflow.model_format import (
     CARD_NAME,
     JSON_NAME,
@@ -225,8 +226,10 @@ def calibrate_ood(
 ) -> dict[str, Any] | None:
     """``model.json``'s ``ood`` (:mod:`ihcflow.ood`): fitted on the exported model's embeddings
     of the training images, the threshold at ``ood_quantile`` of the validation images'
-    scores. None when the split has fewer than ``MIN_CALIBRATION`` validation images (the
-    server then serves without OOD scores and says so)."""
+    scores; with ``ood_framing_zoom`` also the framing check, calibrated on the validation
+    images' centres zoomed in (cut from the prepared image and resized back up, linear). None
+    when the split has fewer than ``MIN_CALIBRATION`` validation images (the server then
+    serves without OOD scores and says so)."""
     split = read_split(split_csv, columns=("split", "class", "image"), error=RegisterError)
     train, val = split[split["split"] == "train"], split[split["split"] == "val"]
     if len(val) < MIN_CALIBRATION or train.empty:
@@ -235,19 +238,25 @@ def calibrate_ood(
     model = OnnxModel(onnx_path)
     size = int(predictor.input_size)
 
-    def embeddings(rows: pd.DataFrame) -> np.ndarray:
+    zoom = settings.ood_framing_zoom
+
+    def embeddings(rows: pd.DataFrame, zoomed: bool = False) -> np.ndarray:
         batch = load_images(rows["image"].tolist(), root, size, error=RegisterError)
+        if zoomed and zoom is not None:
+            batch = np.stack([resize(centre_zoom(x, zoom), size, "linear") for x in batch])
         return model.predict(batch, batch=256)[1]
 
     labels = [names.index(c) if c in names else -1 for c in train["class"]]
     known = np.array(labels) >= 0
+    val_emb = embeddings(val)
+    val_zoomed = None if zoom is None else embeddings(val, zoomed=True)
     try:
         scorer = fit_ood(
             embeddings(train)[known], np.array(labels)[known], len(names), settings.ood_components
-        ).calibrated(val_emb := embeddings(val), settings.ood_quantile)
+        ).calibrated(val_emb, settings.ood_quantile, val_zoomed, zoom)
     except OodError as exc:
         raise RegisterError(f"{split_csv}: out-of-distribution calibration: {exc}") from None
-    flagged = float(scorer.flags(scorer.scores(val_emb)).mean())
+    flagged = float(scorer.assess(val_emb, val_zoomed).flags.mean())
     return scorer.to_info(
         fitted_on=int(known.sum()), calibrated_on=len(val), val_flagged=round(flagged, 4)
     )

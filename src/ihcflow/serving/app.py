@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,7 +54,24 @@ EXPIRE_EVERY_S = 24 * 3600  # kept uploads past their retention are deleted this
 
 class OodResult(BaseModel):
     score: float = Field(description="distance to the nearest training class in embedding space")
-    flag: bool = Field(description="score above the threshold calibrated at registration")
+    flag: bool = Field(
+        description="out of distribution: score above its threshold, or misframed (both "
+        "calibrated at registration)"
+    )
+    zoom_gain: float | None = Field(
+        None,
+        description="framing check: score minus the score of the image's centre zoomed in "
+        "(absent when the model has no framing check)",
+    )
+    misframed: bool | None = Field(
+        None,
+        description="the zoomed centre is closer to the training classes than the image by "
+        "more than the framing threshold: framed wider than the training images",
+    )
+
+    @model_serializer(mode="wrap")
+    def _framing_only_when_checked(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ImagePrediction(BaseModel):

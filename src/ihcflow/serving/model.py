@@ -8,7 +8,8 @@ images into the graph's input); uploads are prepared by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from ihcflow.model_format import (
     model_input,
     read_model_info,
 )
-from ihcflow.ood import OodError, OodScorer
+from ihcflow.ood import Assessment, OodError, OodScorer
 
 SERVED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # the formats the pipeline trains on
 # (N, 3, S, S) float32 in [0, 1] -> (probs (N, K), embedding (N, D))
@@ -108,7 +109,15 @@ class ServedModel:
         if self.ood is None:
             return {"available": False, "reason": self.ood_note}
         node = self.info["ood"]
-        keys = ("method", "threshold", "quantile", "components", "calibrated_on", "val_flagged")
+        keys = (
+            "method",
+            "threshold",
+            "quantile",
+            "components",
+            "framing",
+            "calibrated_on",
+            "val_flagged",
+        )
         return {"available": True, **{k: node.get(k) for k in keys}}
 
     def prepare(self, data: bytes, source: str, *, max_pixels: int, min_side: int = 1) -> Prepared:
@@ -128,9 +137,36 @@ class ServedModel:
                 f"image is {info.width}x{info.height} px, below the minimum of {min_side} px "
                 "per side (IHCFLOW_MIN_SIDE): too small to hold a cell",
             )
-        return prepare_image(data, source, self.image_params, max_pixels=max_pixels, strict=True)
+        zoom = None if self.ood is None else self.ood.zoom  # the framing check's second view
+        return prepare_image(
+            data, source, self.image_params, max_pixels=max_pixels, strict=True, zoom=zoom
+        )
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, S, S, 3) prepared images -> probs (N, K), embedding (N, D)."""
         probs, embedding = self.runner(model_input(images))
         return np.asarray(probs), np.asarray(embedding)
+
+    def judge(self, prepared: Sequence[Prepared]) -> Judged:
+        """Predict prepared uploads and score them out of distribution (both checks of
+        :mod:`ihcflow.ood`; the zoomed centres go through the model in the same batch)."""
+        images = [p.image for p in prepared]
+        zoomed = [p.zoomed for p in prepared if p.zoomed is not None]
+        probs, embedding = self.predict(np.stack(images + zoomed))
+        n = len(images)
+        if not np.isfinite(probs[:n]).all():
+            raise RuntimeError(f"model {self.version} returned non-finite probabilities")
+        ood = None
+        if self.ood is not None:
+            ood = self.ood.assess(embedding[:n], embedding[n:] if zoomed else None)
+        return Judged(probs[:n], embedding[:n], ood)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A batch's probabilities (N, K), embeddings (N, D) and OOD assessment (None: the model
+    has no ``ood`` section)."""
+
+    probs: np.ndarray
+    embedding: np.ndarray
+    ood: Assessment | None

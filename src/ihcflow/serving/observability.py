@@ -133,18 +133,26 @@ class ServingMetrics:
             "ihcflow_ood_flagged", "Images flagged out of distribution", ["model_version"],
             registry=r,
         )  # fmt: skip
+        self.ood_misframed = Counter(
+            "ihcflow_ood_misframed",
+            "Images flagged by the framing check (framed wider than the training images)",
+            ["model_version"],
+            registry=r,
+        )
         self.ood_threshold = Gauge(
             "ihcflow_ood_threshold", "The served model's OOD threshold (score units)",
             ["model_version"], registry=r,
         )  # fmt: skip
 
     def observe_ood(self, version: str, ood: Mapping[str, Any], scorer: OodScorer | None) -> None:
-        """One image's ``{"score", "flag"}``."""
+        """One image's ``{"score", "flag"[, "zoom_gain", "misframed"]}``."""
         if scorer is None:
             return
         self.ood_ratio.labels(version).observe(float(ood["score"]) / scorer.threshold)
         if ood["flag"]:
             self.ood_flagged.labels(version).inc()
+        if ood.get("misframed"):
+            self.ood_misframed.labels(version).inc()
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         labels = (endpoint, method, str(status))

@@ -69,17 +69,6 @@ class PredictionService:
         self.metrics.prepare_seconds.observe(time.perf_counter() - start)
         return prepared, data if self.kept is not None else b""  # bytes only to keep them
 
-    def _ood(self, embedding: np.ndarray) -> list[dict[str, Any]] | None:
-        """``{"score", "flag"}`` per image (:mod:`ihcflow.ood`), None without a scorer."""
-        scorer = self.model.ood
-        if scorer is None:
-            return None
-        scores = scorer.scores(embedding)
-        return [
-            {"score": float(f"{s:.7g}"), "flag": bool(f)}
-            for s, f in zip(scores.tolist(), scorer.flags(scores).tolist(), strict=True)
-        ]
-
     def predict(self, uploads: Sequence[Upload], request_id: str, started: float) -> dict[str, Any]:
         """The response body; raises :class:`ApiError` for a bad upload or an unwritable log.
 
@@ -89,11 +78,10 @@ class PredictionService:
         self.metrics.images_per_request.observe(len(uploads))
         prepared = [self._prepare(u) for u in uploads]  # all or nothing: one bad file, 4xx
         start = time.perf_counter()
-        probs, embedding = self.model.predict(np.stack([p.image for p, _ in prepared]))
+        judged = self.model.judge([p for p, _ in prepared])
         self.metrics.inference_seconds.observe(time.perf_counter() - start)
-        if not np.isfinite(probs).all():
-            raise RuntimeError(f"model {self.model.version} returned non-finite probabilities")
-        ood = self._ood(embedding)
+        probs, embedding = judged.probs, judged.embedding
+        ood = None if judged.ood is None else judged.ood.records()
         latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
         classes = self.model.class_names
         now = self.log.now()
