@@ -53,7 +53,7 @@ sys.path[:0] = [str(REPO / "src"), str(REPO)]  # ihcflow, and tests.helpers for 
 from ihcflow.files import write_json_atomic  # noqa: E402
 from ihcflow.images.codec import read_rgb8  # noqa: E402
 from ihcflow.images.features import FEATURE_COLUMNS, image_features  # noqa: E402
-from ihcflow.images.ops import resize  # noqa: E402
+from ihcflow.images.ops import centre_zoom, resize  # noqa: E402
 from ihcflow.monitoring.drift import DriftParams, compare  # noqa: E402
 from ihcflow.monitoring.simulate import scale_brightness, scale_stain  # noqa: E402
 from ihcflow.monitoring.sources import Table  # noqa: E402
@@ -320,10 +320,12 @@ def ood_benchmark(
     epochs: int,
     quantile: float,
     components: int,
+    zoom: float,
     weights: Path | None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Train (or load ``weights``), fit and calibrate the OOD scorer as the register stage
-    does, and measure the flagged shares; also over a grid of quantiles and components."""
+    does (with the framing check at ``zoom``), and measure the flagged shares; also, distance
+    check only, over a grid of quantiles and components."""
     import torch
 
     from ihcflow.ood import fit_ood
@@ -360,6 +362,21 @@ def ood_benchmark(
     for name, shift in SHIFTS.items():
         kinds[name] = np.stack([resize(shift(c), SIZE, "area") for c in sample["crops"]])
     embedded = {name: embed(net, images) for name, images in kinds.items()}
+    # the framing check's second view: the centre of the upload (full resolution), as the
+    # server prepares it; of the 28 px validation images, resized back up (register stage)
+    zoomed = {
+        "centre crops": [centre_zoom(c, zoom) for c in sample["crops"]],
+        "full frames": [centre_zoom(o, zoom) for o in sample["originals"]],
+    }
+    zoomed.update(
+        {n: [centre_zoom(shift(c), zoom) for c in sample["crops"]] for n, shift in SHIFTS.items()}
+    )
+    zoomed_e = {
+        n: embed(net, np.stack([resize(x, SIZE, "area") for x in v]))[0] for n, v in zoomed.items()
+    }
+    val_zoomed, _ = embed(
+        net, np.stack([resize(centre_zoom(x, zoom), SIZE, "linear") for x in val_x])
+    )
     grid = []
     for k in GRID_COMPONENTS:
         fitted = fit_ood(train_e, train_y, len(classes), k)
@@ -369,7 +386,9 @@ def ood_benchmark(
                 n: float(scorer.flags(scorer.scores(e)).mean()) for n, (e, _) in embedded.items()
             }
             grid.append({"components": k, "quantile": q, **shares})
-    scorer = fit_ood(train_e, train_y, len(classes), components).calibrated(val_e, quantile)
+    fitted = fit_ood(train_e, train_y, len(classes), components)
+    distance_only = fitted.calibrated(val_e, quantile)
+    scorer = fitted.calibrated(val_e, quantile, val_zoomed, zoom)
     out: dict[str, Any] = {
         "train_images": int(len(train_x)),
         "train_seconds": round(seconds, 1),
@@ -377,45 +396,34 @@ def ood_benchmark(
         "quantile": quantile,
         "components": components,
         "threshold": scorer.threshold,
+        "framing zoom": zoom,
+        "framing threshold": scorer.zoom_threshold,
+        "val flagged": float(scorer.assess(val_e, val_zoomed).flags.mean()),
         "val_images": int(len(val_x)),
         "val_accuracy": float((val_pred == val_y).mean()),
         "grid": grid,
     }
-    out["framing check (experiment)"] = framing_check(net, scorer, val_x, val_e, sample, embedded)
     out["content features (experiment)"] = content_check(
-        scorer, (train_x, train_y), (val_x, val_e, val_pred), sample, embedded, len(classes)
+        distance_only, (train_x, train_y), (val_x, val_e, val_pred), sample, embedded, len(classes)
     )
-    out["uploads resized otherwise (experiment)"] = other_resizes(net, scorer, sample, labels)
+    out["uploads resized otherwise (experiment)"] = other_resizes(
+        net, distance_only, sample, labels
+    )
     flags: dict[str, np.ndarray] = {}
     for name, (emb, pred) in embedded.items():
-        flags[name] = scorer.flags(scorer.scores(emb))
-        out[name] = {"images": len(emb), "flagged": float(flags[name].mean())}
+        judged = scorer.assess(emb, zoomed_e[name])
+        flags[name] = judged.flags
+        out[name] = {
+            "images": len(emb),
+            "flagged": float(judged.flags.mean()),
+            "misframed": float(np.mean(judged.misframed)),
+            "flagged without the framing check": float(
+                distance_only.flags(distance_only.scores(emb)).mean()
+            ),
+        }
         if name in ("centre crops", "full frames"):
             out[name]["accuracy"] = float((pred == labels).mean())
     return out, flags
-
-
-ZOOM = CROP / 360  # the crop's share of a full frame's side
-
-
-def framing_check(
-    net: Any, scorer: Any, val_x: np.ndarray, val_e: np.ndarray, sample: dict, embedded: dict
-) -> dict[str, float]:
-    """Not in the server: score an image minus the score of its centre zoomed in by the
-    crop's factor. A full frame gets *closer* to the training images when zoomed; a crop gets
-    farther. Threshold: the 0.95 quantile on the validation images (zoomed at 28 px)."""
-
-    def zoom(x: np.ndarray, interpolation: str) -> np.ndarray:
-        return resize(centre_crop(x, round(min(x.shape[:2]) * ZOOM)), SIZE, interpolation)
-
-    val_zoom, _ = embed(net, np.stack([zoom(x, "linear") for x in val_x]))
-    threshold = np.quantile(scorer.scores(val_e) - scorer.scores(val_zoom), 0.95)
-    out = {}
-    for name, images in (("centre crops", sample["crops"]), ("full frames", sample["originals"])):
-        zoomed, _ = embed(net, np.stack([zoom(x, "area") for x in images]))
-        gain = scorer.scores(embedded[name][0]) - scorer.scores(zoomed)
-        out[name] = float((gain > threshold).mean())
-    return out
 
 
 def other_resizes(net: Any, scorer: Any, sample: dict, labels: np.ndarray) -> dict[str, Any]:
@@ -522,7 +530,7 @@ def ood_table(ood: dict[str, Any]) -> str:
         [str(g["components"]), f"{g['quantile']:g}", *[f"{g[n]:.3f}" for n in names]]
         for g in ood["grid"]
     ]
-    head = ["components", "quantile", *[f"flagged: {n}" for n in names]]
+    head = ["components", "quantile", *[f"flagged (distance only): {n}" for n in names]]
     return "\n".join(markdown_table(head, rows, "rr" + "r" * len(names)))
 
 
@@ -538,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--quantile", type=float, default=0.95, help="OOD threshold quantile")
     parser.add_argument("--components", type=int, default=16, help="OOD covariance axes")
+    parser.add_argument(
+        "--framing-zoom", type=float, default=0.55, help="gate.ood_framing_zoom (the default)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
         "--weights", type=Path, default=None, help="the CNN's weights: loaded if there, else saved"
@@ -565,7 +576,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.ood:
             print("OOD:", flush=True)
             ood, flags = ood_benchmark(
-                arrays, sample, args.epochs, args.quantile, args.components, args.weights
+                arrays,
+                sample,
+                args.epochs,
+                args.quantile,
+                args.components,
+                args.framing_zoom,
+                args.weights,
             )
             results["ood"] = ood
             for source in sample_sources:

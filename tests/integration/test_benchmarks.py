@@ -100,3 +100,28 @@ def test_drift_real_benchmark_on_generated_images(tmp_path: Path) -> None:
     assert "| synthetic | same distribution | 50 |" in out
     skipped = bench("drift_real", "--datasets", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert skipped.startswith("skipped: needs ") and not (tmp_path / "nowhere").exists()
+
+
+SHARED = REPO.parent / "shared" / "datasets"
+
+
+@pytest.mark.skipif(
+    not (SHARED / "pbc28-trainval.npz").is_file() or not (SHARED / "pbc-sample").is_dir(),
+    reason="needs ../shared/datasets (pbc28-trainval.npz, pbc-sample)",
+)
+def test_misframed_benchmark_leaves_the_measured_images_out_of_the_training_data(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    out = bench("misframed", "--make-npz", str(tmp_path / "unseen.npz"), cwd=tmp_path)
+    assert "wrote" in out
+    with np.load(tmp_path / "unseen.npz") as made, np.load(SHARED / "pbc28-trainval.npz") as src:
+        sizes = {s: len(made[f"{s}_labels"]) for s in ("train", "val", "test")}
+        assert list(made["class_names"]) == list(src["class_names"])
+        total = len(src["train_labels"]) + len(src["val_labels"])
+    sample = len(list((SHARED / "pbc-sample").glob("*/*.jpg")))
+    assert sum(sizes.values()) == total - sample  # every sample image is left out ...
+    assert abs(sizes["test"] / (sizes["train"] + sizes["test"]) - 0.2) < 0.01  # ... 20% test
+    skipped = bench("misframed", "--sample", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert skipped.startswith("skipped: needs ")
