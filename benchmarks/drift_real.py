@@ -311,7 +311,7 @@ def embed(net: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 GRID_COMPONENTS = (16, 32, 64, 128)
-GRID_QUANTILES = (0.95, 0.96, 0.975, 0.99)
+GRID_QUANTILES = (0.95, 0.97, 0.98, 0.99)
 
 
 def ood_benchmark(
@@ -544,7 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=int, default=0, help="use N generated images instead")
     parser.add_argument("--ood", action="store_true", help="train a small CNN, measure OOD flags")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--quantile", type=float, default=0.95, help="OOD threshold quantile")
+    parser.add_argument(
+        "--quantile", type=float, default=0.97, help="gate.ood_quantile (the default)"
+    )
     parser.add_argument("--components", type=int, default=16, help="OOD covariance axes")
     parser.add_argument(
         "--framing-zoom", type=float, default=0.55, help="gate.ood_framing_zoom (the default)"
