@@ -15,7 +15,10 @@ register the ``pbc28`` preset on it, then measure:
 
     .venv/bin/python benchmarks/misframed.py --make-npz /tmp/pbc28-unseen.npz
     .venv/bin/python benchmarks/experiment.py --data /tmp/pbc28-unseen.npz --keep  # -> CLONE
-    .venv/bin/python benchmarks/misframed.py --model-dir CLONE/models --json out.json
+    python benchmarks/misframed.py --model-dir CLONE/models --project CLONE --json out.json
+
+``--project`` also sends that project's test split (``processed/split.csv``: the preprocessed
+28 px images, as PNG) through the same path: in distribution too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src")]
@@ -78,6 +82,13 @@ def uploads(sample: Path) -> tuple[list[str], dict[str, list[bytes]]]:
     return [p.parent.name for p in files], {"centre crops": crops, "full frames": frames}
 
 
+def test_split(project: Path) -> tuple[list[str], list[bytes]]:
+    """Class per image and the PNG bytes of ``project``'s test split."""
+    split = pd.read_csv(project / "processed" / "split.csv")
+    test = split[split["split"] == "test"]
+    return test["class"].astype(str).tolist(), [(project / i).read_bytes() for i in test["image"]]
+
+
 def measure(model: ServedModel, classes: list[str], sent: list[bytes]) -> dict[str, Any]:
     probs, scores, flags, misframed = [], [], [], []
     for i in range(0, len(sent), BATCH):
@@ -113,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=Path, default=DATASETS / "pbc-sample")
     parser.add_argument("--make-npz", type=Path, help="write pbc28 without the sample's files")
     parser.add_argument("--source", type=Path, default=DATASETS / "pbc28-trainval.npz")
+    parser.add_argument("--project", type=Path, help="also its test split (processed/split.csv)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if not args.sample.is_dir():
@@ -131,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the model's classes {model.class_names} lack {unknown}")
     start = time.perf_counter()
     results = {kind: measure(model, classes, data) for kind, data in sent.items()}
+    if args.project:
+        results["test split"] = measure(model, *test_split(args.project))
     summary = {
         "model": {"name": model.name, "version": model.version, **model.ood_summary()},
         "results": results,
@@ -143,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"{model.name} {model.version}, framing check: {model.ood_summary().get('framing')}")
     print("\n".join(markdown_table(["uploads", *keys], rows, "lrrrrr")))
-    crops, frames = results["centre crops"]["flagged"], results["full frames"]["flagged"]
-    met = crops <= 0.05 and frames >= 0.90
-    print(f"goal (crops <= 5%, full frames >= 90% flagged): {'met' if met else 'missed'}")
+    inside = [r["flagged"] for kind, r in results.items() if kind != "full frames"]
+    met = max(inside) <= 0.05 and results["full frames"]["flagged"] >= 0.90
+    print(
+        "goal (in distribution <= 5%, full frames >= 90% flagged): " + ("met" if met else "missed")
+    )
     if args.json:
         write_json_atomic(args.json, summary)
         print(f"wrote {args.json}")
