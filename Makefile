@@ -51,8 +51,11 @@ repro: data ## run the pipeline (`dvc repro`), print the metrics and how far the
 	$(BIN)/dvc repro
 	$(BIN)/ihcflow report metrics --against HEAD
 
-test: install ## run the whole test suite (what CI runs)
-	$(BIN)/python -m pytest
+# Two workers, a whole test file each (files share module fixtures: a trained model, a
+# reproduced project); the slowest files are handed out first (tests/conftest.py).
+PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
+test: install ## run the whole test suite (what CI runs), two files at a time
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: install ## tests without the slow ones
 	$(BIN)/python -m pytest -m "not slow"

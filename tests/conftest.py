@@ -36,3 +36,18 @@ def project(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with the most slow tests first, each file's tests kept together and in order:
+    ``make test`` hands whole files to two workers in this order (``--dist loadfile
+    --no-loadscope-reorder``), so the long files start early and the short ones fill the gaps."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def slow(tests: list[pytest.Item]) -> int:
+        return sum(t.get_closest_marker("slow") is not None for t in tests)
+
+    ordered = sorted(files.values(), key=slow, reverse=True)  # stable: ties keep their order
+    items[:] = [item for tests in ordered for item in tests]
