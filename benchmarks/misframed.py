@@ -13,8 +13,8 @@ The model must not have been trained or calibrated on these 800 images, which ar
 20% test split carved from its training split (MedMNIST format, class names kept); train and
 register the ``pbc28`` preset on it, then measure:
 
-    .venv/bin/python benchmarks/misframed.py --make-npz /tmp/pbc28-unseen.npz
-    .venv/bin/python benchmarks/experiment.py --data /tmp/pbc28-unseen.npz --keep  # -> CLONE
+    .venv/bin/python benchmarks/misframed.py --make-npz pbc28-unseen.npz
+    .venv/bin/python benchmarks/experiment.py --data pbc28-unseen.npz --keep  # -> CLONE
     python benchmarks/misframed.py --model-dir CLONE/models --project CLONE --json out.json
 
 ``--project`` also sends that project's test split (``processed/split.csv``: the preprocessed
@@ -46,10 +46,12 @@ MAX_PIXELS = 50_000_000
 BATCH = 32
 
 
-def make_npz(source: Path, sample: Path, out: Path, seed: int = 11) -> dict[str, int]:
-    """``source`` (pbc28-trainval.npz) without ``sample``'s files, a stratified 20% of its
-    training split carved out as the test split."""
-    held_out = {f"{p.parent.name}/{p.name}" for p in sample.glob("*/*.jpg")}
+def make_npz(source: Path, sample: Path | None, out: Path, seed: int = 11) -> dict[str, int]:
+    """``source`` (pbc28-trainval.npz) without ``sample``'s files (None: all of it), a
+    stratified 20% of its training split carved out as the test split."""
+    held_out = (
+        set() if sample is None else {f"{p.parent.name}/{p.name}" for p in sample.glob("*/*.jpg")}
+    )
     with np.load(source, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     parts: dict[str, np.ndarray] = {"class_names": arrays["class_names"]}
@@ -124,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=Path, default=DATASETS / "pbc-sample")
     parser.add_argument("--make-npz", type=Path, help="write pbc28 without the sample's files")
     parser.add_argument("--source", type=Path, default=DATASETS / "pbc28-trainval.npz")
+    parser.add_argument(
+        "--keep-sample",
+        action="store_true",
+        help="--make-npz keeps the sample's files: all of pbc28 with a carved test split, for "
+        "tuning the preset (not for this measurement)",
+    )
+    parser.add_argument("--seed", type=int, default=11, help="of the carved test split")
     parser.add_argument("--project", type=Path, help="also its test split (processed/split.csv)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -131,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: needs {args.sample} (the shared real images)")
         return 0
     if args.make_npz:
-        counts = make_npz(args.source, args.sample, args.make_npz)
+        sample = None if args.keep_sample else args.sample
+        counts = make_npz(args.source, sample, args.make_npz, args.seed)
         print(f"wrote {args.make_npz}: {counts}")
         return 0
     if args.model_dir is None:
