@@ -223,6 +223,8 @@ def test_the_servers_ood_flags_are_summarised_per_window(tmp_path: Path) -> None
     for i, rec in enumerate(rows):
         day = i // 24
         rec["ood"] = {"score": 1.0 + i, "flag": i % 24 < (0, 3, 12)[day]}  # 0%, 12.5%, 50%
+        if day == 2:  # a model with the framing check: 4 of the 12 flagged are misframed
+            rec["ood"].update(zoom_gain=0.5, misframed=i % 24 < 4)
     rows += records(5, start=midnight + dt.timedelta(days=1))  # a server without OOD scoring
     write_logs(tmp_path, rows)
     current = read_logs(tmp_path)
@@ -232,4 +234,10 @@ def test_the_servers_ood_flags_are_summarised_per_window(tmp_path: Path) -> None
     assert [w.to_dict()["ood_flagged_share"] for w in windows] == [0.0, 3 / 24, 0.5]
     assert [w.comparison.ood_scored for w in windows] == [24, 24, 24]
     overall = compare(reference, current, DriftParams())
-    assert overall.to_dict()["ood"] == {"scored": 72, "flagged": 15, "share": 15 / 72}
+    assert overall.to_dict()["ood"] == {
+        "scored": 72,
+        "flagged": 15,
+        "share": 15 / 72,
+        "misframed": 4,
+    }
+    assert current.frame["ood_misframed"].notna().sum() == 24

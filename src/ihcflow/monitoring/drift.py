@@ -179,6 +179,7 @@ class Comparison:
     reason: str = ""
     ood_scored: int = 0  # current rows the server gave an out-of-distribution score
     ood_flagged: int = 0  # ... and flagged
+    ood_misframed: int = 0  # ... flagged as misframed by the framing check (ihcflow.ood)
     snapshot: Any = None  # the Evidently Snapshot (whole-selection comparison only)
 
     @property
@@ -214,6 +215,7 @@ class Comparison:
                 "scored": self.ood_scored,
                 "flagged": self.ood_flagged,
                 "share": self.ood_share,
+                "misframed": self.ood_misframed,
             },
         }
 
@@ -356,6 +358,8 @@ def _compare(reference: Table, current: Table, params: DriftParams, html: bool) 
     if "ood_flag" in current.frame:
         flags = current.frame["ood_flag"].dropna()
         result.ood_scored, result.ood_flagged = len(flags), int(flags.astype(bool).sum())
+        if "ood_misframed" in current.frame:
+            result.ood_misframed = int(current.frame["ood_misframed"].dropna().astype(bool).sum())
     if len(current) < params.min_rows:
         result.status = "not_enough_data"
         result.reason = f"{len(current)} current rows < min_rows {params.min_rows}"

@@ -328,7 +328,10 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
 
 
 def _ood(ood: Mapping[str, Any]) -> str:
-    return f"{ood['flagged']} of {ood['scored']} images ({ood['share']:.1%})"
+    text = f"{ood['flagged']} of {ood['scored']} images ({ood['share']:.1%})"
+    if ood.get("misframed"):
+        text += f", {ood['misframed']} of them misframed (a wider field of view than in training)"
+    return text
 
 
 def _quality_lines(quality: Mapping[str, Any]) -> list[str]:

@@ -453,9 +453,10 @@ def _records_frame(
     frame = frame.where(np.isfinite(frame.to_numpy()))
     _add_acquisition(frame, pd.DataFrame(parsed.acquisition, columns=ACQUISITION_COLUMNS))
     if any(parsed.ood):
-        ood = pd.DataFrame(parsed.ood, columns=["score", "flag"])
+        ood = pd.DataFrame(parsed.ood, columns=["score", "flag", "misframed"])
         frame["ood_score"] = _exact_floats(ood["score"]).to_numpy()
-        frame["ood_flag"] = ood["flag"].map(lambda v: v if isinstance(v, bool) else None)
+        for key in ("flag", "misframed"):  # misframed: models with the framing check only
+            frame[f"ood_{key}"] = ood[key].map(lambda v: v if isinstance(v, bool) else None)
     frame["predicted"] = parsed.predicted
     frame["model_name"] = parsed.name
     frame["model_version"] = parsed.version
