@@ -13,8 +13,8 @@ The model must not have been trained or calibrated on these 800 images, which ar
 20% test split carved from its training split (MedMNIST format, class names kept); train and
 register the ``pbc28`` preset on it, then measure:
 
-    .venv/bin/python benchmarks/misframed.py --make-npz pbc28-unseen.npz
-    .venv/bin/python benchmarks/experiment.py --data pbc28-unseen.npz --keep  # -> CLONE
+    python benchmarks/misframed.py --make-npz pbc28-unseen.npz
+    python benchmarks/experiment.py --data pbc28-unseen.npz --keep  # -> CLONE
     python benchmarks/misframed.py --model-dir CLONE/models --project CLONE --json out.json
 
 ``--project`` also sends that project's test split (``processed/split.csv``: the preprocessed
