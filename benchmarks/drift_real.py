@@ -258,7 +258,8 @@ def table(cells: Sequence[dict]) -> str:
 
 
 def train_cnn(images: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0) -> Any:
-    """A CompactCNN (the pipeline's cnn) trained plainly on CPU; returns it in eval mode."""
+    """A CompactCNN (the pipeline's cnn) trained on CPU with the pipeline's flips and quarter
+    turns (no Lightning, no stain jitter, no label smoothing); returns it in eval mode."""
     import torch
     from torch import nn
 
@@ -280,8 +281,13 @@ def train_cnn(images: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0
         for i in range(0, len(x), 128):
             batch = order[i : i + 128]
             xb = x[batch]
-            flip = torch.rand(len(xb), generator=generator) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            # the pipeline's geometric augmentation: flips and quarter turns (a cell has no
+            # orientation); one draw per batch for the turn, per image for the flips
+            for dim in (-1, -2):
+                flip = torch.rand(len(xb), generator=generator) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(dim), xb)
+            turns = int(torch.randint(4, (1,), generator=generator))
+            xb = torch.rot90(xb, turns, dims=(-2, -1))
             optimizer.zero_grad()
             loss = loss_fn(net(xb), y[batch])
             loss.backward()
@@ -543,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", type=Path, default=DATASETS)
     parser.add_argument("--synthetic", type=int, default=0, help="use N generated images instead")
     parser.add_argument("--ood", action="store_true", help="train a small CNN, measure OOD flags")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument(
         "--quantile", type=float, default=0.97, help="gate.ood_quantile (the default)"
     )
