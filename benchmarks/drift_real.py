@@ -46,6 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -316,6 +317,7 @@ def embed(net: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(embs), np.concatenate(preds)
 
 
+GATE = OmegaConf.load(REPO / "conf" / "gate" / "default.yaml")  # the register stage's defaults
 GRID_COMPONENTS = (16, 32, 64, 128)
 GRID_QUANTILES = (0.95, 0.97, 0.98, 0.99)
 
@@ -361,24 +363,18 @@ def ood_benchmark(
     classes = [str(c) for c in arrays["class_names"]]
     # uploads as the server prepares them: decoded, resized to 28 px (area)
     labels = np.array([classes.index(n.split("/")[0]) for n in sample["names"]])
-    kinds = {
-        "centre crops": np.stack([resize(c, SIZE, "area") for c in sample["crops"]]),
-        "full frames": np.stack([resize(o, SIZE, "area") for o in sample["originals"]]),
-    }
-    for name, shift in SHIFTS.items():
-        kinds[name] = np.stack([resize(shift(c), SIZE, "area") for c in sample["crops"]])
-    embedded = {name: embed(net, images) for name, images in kinds.items()}
+    uploads = {"centre crops": sample["crops"], "full frames": sample["originals"]}
+    uploads.update({n: [shift(c) for c in sample["crops"]] for n, shift in SHIFTS.items()})
+
+    def shrunk(images: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack([resize(x, SIZE, "area") for x in images])
+
+    embedded = {name: embed(net, shrunk(images)) for name, images in uploads.items()}
     # the framing check's second view: the centre of the upload (full resolution), as the
     # server prepares it; of the 28 px validation images, resized back up (register stage)
-    zoomed = {
-        "centre crops": [centre_zoom(c, zoom) for c in sample["crops"]],
-        "full frames": [centre_zoom(o, zoom) for o in sample["originals"]],
-    }
-    zoomed.update(
-        {n: [centre_zoom(shift(c), zoom) for c in sample["crops"]] for n, shift in SHIFTS.items()}
-    )
     zoomed_e = {
-        n: embed(net, np.stack([resize(x, SIZE, "area") for x in v]))[0] for n, v in zoomed.items()
+        name: embed(net, shrunk([centre_zoom(x, zoom) for x in images]))[0]
+        for name, images in uploads.items()
     }
     val_zoomed, _ = embed(
         net, np.stack([resize(centre_zoom(x, zoom), SIZE, "linear") for x in val_x])
@@ -551,11 +547,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ood", action="store_true", help="train a small CNN, measure OOD flags")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument(
-        "--quantile", type=float, default=0.97, help="gate.ood_quantile (the default)"
+        "--quantile", type=float, default=GATE.ood_quantile, help="default: gate.ood_quantile"
     )
     parser.add_argument("--components", type=int, default=16, help="OOD covariance axes")
     parser.add_argument(
-        "--framing-zoom", type=float, default=0.55, help="gate.ood_framing_zoom (the default)"
+        "--framing-zoom",
+        type=float,
+        default=GATE.ood_framing_zoom,
+        help="default: gate.ood_framing_zoom",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
