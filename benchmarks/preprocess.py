@@ -12,7 +12,7 @@ JPEGs instead (cycled, each copy made distinct by a few trailing bytes). It prin
 - full preprocess rate (cold cache, W workers, start-up included) and its ratio to the
   W-process decode rate (goal >= 0.9; conservative: only the stage pays for start-up);
 - how far the output is from the same steps on a full-size decode (without denoising, the
-  stage decodes a JPEG at 1/2, 1/4 or 1/8 scale when that keeps >= 2x the model size): the
+  stage decodes a JPEG at 1/2, 1/4 or 1/8 scale when that keeps >= 4x the model size): the
   model-input pixels and the drift features;
 - a warm re-run and an incremental run with +1% new images, as a share of the full run
   (goal <= 0.05);

@@ -48,9 +48,10 @@ from ihcflow.images.prepare import ImageParams, check_params, prepare_image, tun
 from ihcflow.tables import FEATURE_FLAGS, FEATURES, MANIFEST, image_file
 
 # Bump when an operation's output changes for the same params, so old cache entries miss.
-CACHE_VERSION = 4  # 2: features at the input size, full precision, acquisition properties;
+CACHE_VERSION = 5  # 2: features at the input size, full precision, acquisition properties;
 # 3: JPEGs decoded at reduced scale (ihcflow.images.prepare.REDUCED_DECODE_MARGIN);
 # 4: the area resize in one cv2.resize (an exact box filter)
+# 5: reduced-scale JPEG decoding only down to 4x the model size (was 2x)
 # Output PNG encoding: zlib level 1, fast filters (ihcflow.images.codec.png_params); the bytes are
 # deterministic, so processed_sha256 is reproducible.
 PNG_PARAMS = png_params(1, fast=True)

@@ -226,14 +226,14 @@ def test_manifest_without_required_columns_is_refused(tmp_path, data, cfg) -> No
 
 @pytest.mark.parametrize("denoise", ["median", "none"])
 def test_a_jpeg_decoded_at_reduced_scale_gives_the_same_image(tmp_path, denoise) -> None:
-    """With nothing to denoise, JPEGs >= 4x the model size are decoded at 1/2..1/8 scale: the
+    """With nothing to denoise, JPEGs >= 8x the model size are decoded at 1/2..1/8 scale: the
     model sees the same picture (mean |difference| under 2 grey levels) and the file's own
     size is recorded. A median is only a median at full size: then nothing changes."""
     params = ImageParams.from_section({**preprocess_conf(SIZE), "denoise": {
         **conf_section("preprocess")["denoise"], "method": denoise}})  # fmt: skip
     write_tissue(tmp_path / "t.png", seed=1, shape=(48, 62))  # tissue the model size resolves,
-    small = cv2.imread(str(tmp_path / "t.png"))  # photographed at 4x: a 1/4 scale decode
-    big = cv2.resize(small, (250, 193), interpolation=cv2.INTER_CUBIC)  # is 49 x 63 >= 2 x 24
+    small = cv2.imread(str(tmp_path / "t.png"))  # photographed at 4x: a 1/2 scale decode
+    big = cv2.resize(small, (250, 193), interpolation=cv2.INTER_CUBIC)  # is 97 x 125 >= 4 x 24
     data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     fast, full = (prepare_image(data, "big.jpg", params, full_decode=f) for f in (False, True))
     assert fast.image.shape == full.image.shape == (SIZE, SIZE, 3)

@@ -33,10 +33,14 @@ from ihcflow.images.ops import (
 STAIN_METHODS = ("none", "reinhard", "macenko")
 NON_PIXEL_PARAMS = ("workers", "cache_dir")  # how the preprocess stage runs, not what it makes
 # A JPEG is decoded at reduced scale only while that keeps >= this x the model size per side,
-# so the final area resize still averages >= 2x2 decoded px into each model px: PBC cells at
-# 28 px then differ from a full-size decode by 0.14 grey levels on average (1/4 scale),
-# generated 512 px tissue at 64 px by 0.8 (benchmarks/preprocess.py).
-REDUCED_DECODE_MARGIN = 2
+# so the final area resize still averages >= 4x4 decoded px into each model px. libjpeg's
+# scaled IDCT is a sharper low-pass than a box average, and the texture features see it
+# (benchmarks/preprocess.py, vs a full-size decode): with a margin of 2, PBC cells (360 px, 1/4
+# scale) at 28 px moved sharpness by 0.28 of its spread over the images and generated tissue
+# (~512 px, 1/2 and 1/4) at 64 px hematoxylin_std by 1.06; with 4, 0.06 and 0.08 (tolerance
+# 0.1), pixels 0.11 and 0.13 grey levels on average. At 1/2 scale libjpeg already skips most
+# of the work: a 360 px JPEG decodes as fast as at 1/4 or 1/8 (entropy decoding remains).
+REDUCED_DECODE_MARGIN = 4
 
 
 @dataclass
@@ -206,7 +210,7 @@ def prepare_image(
     validate stage before it).
 
     Less work for the same result: with nothing to denoise, a JPEG is decoded at 1/2, 1/4 or
-    1/8 scale while that keeps >= 2x ``params.size`` px per side
+    1/8 scale while that keeps >= 4x ``params.size`` px per side
     (:func:`~ihcflow.images.codec.jpeg_reduction`; ``full_decode`` turns it off, for
     comparison: benchmarks/preprocess.py measures the difference), and the one resize to the
     model size serves both the features and the preprocessing. (A median at 1/k scale is
