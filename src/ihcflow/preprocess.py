@@ -36,15 +36,22 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-import cv2
 import pandas as pd
 
 from ihcflow.config import typed
-from ihcflow.errors import PipelineError
-from ihcflow.files import atomic_dir, atomic_path, params_hash, sha256_bytes
-from ihcflow.images.codec import ImageError, encode_png, png_params
+from ihcflow.files import atomic_dir, atomic_path, params_hash
+from ihcflow.images.codec import png_params
 from ihcflow.images.features import ACQUISITION_COLUMNS, FEATURE_COLUMNS
-from ihcflow.images.prepare import ImageParams, check_params, prepare_image, tune_malloc
+from ihcflow.images.prepare import ImageParams, check_params
+from ihcflow.images.worker import (  # the per-image work, in the worker processes
+    PNG_LEVEL,
+    Task,
+    image_params,
+    init_worker,
+    run_chunk,
+    run_task,
+)
+from ihcflow.images.worker import PreprocessError as PreprocessError  # this stage's error
 from ihcflow.tables import FEATURE_FLAGS, FEATURES, MANIFEST, image_file
 
 # Bump when an operation's output changes for the same params, so old cache entries miss.
@@ -54,7 +61,7 @@ CACHE_VERSION = 5  # 2: features at the input size, full precision, acquisition 
 # 5: reduced-scale JPEG decoding only down to 4x the model size (was 2x)
 # Output PNG encoding: zlib level 1, fast filters (ihcflow.images.codec.png_params); the bytes are
 # deterministic, so processed_sha256 is reproducible.
-PNG_PARAMS = png_params(1, fast=True)
+PNG_PARAMS = png_params(PNG_LEVEL, fast=True)
 MANIFEST_COLUMNS = MANIFEST.columns[:4]  # what this stage reads: path, class, given_split, sha256
 OUTPUT_COLUMNS = [*FEATURES.columns, *FEATURE_COLUMNS, *ACQUISITION_COLUMNS, *FEATURE_FLAGS]
 RECORDS_NAME = "records.json"
@@ -62,18 +69,6 @@ _CHUNK_MAX = 32  # images per task sent to a worker
 # Starting worker processes costs about as much as preprocessing ~100 images on one core, so
 # small batches (an incremental run with a few new images) run in this process instead.
 _MIN_PARALLEL = 64
-
-
-class PreprocessError(PipelineError):
-    """An image could not be preprocessed; the message names the file."""
-
-
-@dataclass(frozen=True)
-class _Task:
-    source: str  # the raw image file
-    sha256: str  # its content hash from the manifest
-    out: str  # where the PNG goes (inside the output folder being built)
-    cache: str | None  # the cache entry's PNG, None without a cache
 
 
 @dataclass
@@ -96,97 +91,33 @@ def cache_key(params: ImageParams) -> str:
                         "png": list(PNG_PARAMS)})  # fmt: skip
 
 
-def process_file(source: str | Path, sha256: str, params: ImageParams) -> tuple[bytes, dict]:
-    """Decode one raw file and return its PNG bytes and record (features, flags, hash)."""
-    data = Path(source).read_bytes()
-    actual = sha256_bytes(data)
-    if actual != sha256:
-        raise PreprocessError(
-            f"{source}: content changed since validation (sha256 {actual[:12]}... but the "
-            f"manifest says {sha256[:12]}...); re-run the validate stage"
-        )
-    prepared = prepare_image(data, str(source), params)
-    png = encode_png(prepared.image, 1, fast=True)
-    record = {
-        "features": prepared.features,
-        "acquisition": prepared.acquisition,
-        "corrected": int(prepared.applied["corrected"]),
-        "stain_normalized": int(prepared.applied["stain_normalized"]),
-        "processed_sha256": sha256_bytes(png),
-        "png_bytes": len(png),
-    }
-    return png, record
-
-
-def _publish(src: str, dst: str) -> None:
-    """Make ``dst`` a complete copy of ``src`` in one rename (a hard link where possible)."""
-    target = Path(dst)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:  # another file system, or no hard links
-            shutil.copyfile(src, tmp)
-        tmp.replace(target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _run_task(task: _Task, params: ImageParams) -> dict:
-    try:
-        png, record = process_file(task.source, task.sha256, params)
-    except PreprocessError:
-        raise
-    except ImageError as exc:  # its message already starts with the file name
-        raise PreprocessError(str(exc)) from None
-    except Exception as exc:  # re-raised picklable, with the file name, across processes
-        raise PreprocessError(f"{task.source}: {type(exc).__name__}: {exc}") from None
-    with open(task.out, "xb") as fh:  # the output folder is private until it is swapped in
-        fh.write(png)
-    if task.cache is not None:
-        _publish(task.out, task.cache)
-    return record
-
-
-_WORKER_PARAMS: list[ImageParams] = []  # the params of this worker process
-
-
-def _init_worker(params: ImageParams) -> None:
-    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
-    tune_malloc()
-    _WORKER_PARAMS[:] = [params]
-
-
-def _run_chunk(tasks: Sequence[_Task]) -> list[tuple[str, dict]]:
-    return [(t.sha256, _run_task(t, _WORKER_PARAMS[0])) for t in tasks]
-
-
-def _chunks(items: Sequence[_Task], size: int) -> Iterator[Sequence[_Task]]:
+def _chunks(items: Sequence[Task], size: int) -> Iterator[Sequence[Task]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 def _process(
-    tasks: Sequence[_Task], params: ImageParams, workers: int
+    tasks: Sequence[Task], params: ImageParams, workers: int
 ) -> Iterable[tuple[str, dict]]:
     """Yield ``(sha256, record)`` as tasks finish; at most a few chunks are in flight."""
     if not tasks:
         return
     if workers <= 1 or len(tasks) < _MIN_PARALLEL:
         for task in tasks:
-            yield task.sha256, _run_task(task, params)
+            yield task.sha256, run_task(task, params)
         return
     chunk = max(1, min(_CHUNK_MAX, math.ceil(len(tasks) / (4 * workers))))
+    parts = _chunks(tasks, chunk)
     # forkserver: workers start from a clean process, not a fork of one holding threads.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload(["ihcflow.images.worker"])
     pending: set[Future] = set()
-    with ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=(params,)) as pool:
+    with ProcessPoolExecutor(
+        workers, ctx, initializer=init_worker, initargs=(image_params(params),)
+    ) as pool:
         try:
-            for part in _chunks(tasks, chunk):
-                pending.add(pool.submit(_run_chunk, part))
+            for part in parts:
+                pending.add(pool.submit(run_chunk, part))
                 if len(pending) >= 2 * workers:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
@@ -282,7 +213,7 @@ def preprocess_dataset(
     entries = Path(cache_dir) / key if cache_dir is not None else None
     known, journals = _read_records(entries) if entries is not None else ({}, [])
     records: dict[str, dict] = {}
-    misses: dict[str, _Task] = {}
+    misses: dict[str, Task] = {}
     with atomic_dir(out_dir) as tmp_out, _journal(entries) as journal:
         tmp_out.chmod(0o755)  # mkdtemp makes it private; the output folder is not
         for rel, sha in zip(manifest["path"], manifest["sha256"], strict=True):
@@ -295,7 +226,7 @@ def preprocess_dataset(
                 records[sha] = known[sha]
                 _link(cached, out)
             else:
-                misses[sha] = _Task(f"{data_dir}/{rel}", sha, out, cached)
+                misses[sha] = Task(f"{data_dir}/{rel}", sha, out, cached)
         for sha, record in _process(list(misses.values()), params, workers):
             records[sha] = record
             if journal is not None:
