@@ -258,6 +258,10 @@ def table(cells: Sequence[dict]) -> str:
 # ------------------------------------------------------------------------------------- OOD
 
 
+# Bump when train_cnn learns otherwise: a --weights cache records it and is retrained on change.
+CNN_RECIPE = "one-cycle 4e-3, batch 128, flips + quarter turns"
+
+
 def train_cnn(images: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0) -> Any:
     """A CompactCNN (the pipeline's cnn) trained on CPU with the pipeline's flips and quarter
     turns (no Lightning, no stain jitter, no label smoothing); returns it in eval mode."""
@@ -344,19 +348,25 @@ def ood_benchmark(
     train_x, train_y = arrays["train_images"][keep_train], arrays["train_labels"][keep_train, 0]
     val_x, val_y = arrays["val_images"][keep_val], arrays["val_labels"][keep_val, 0]
     start = time.perf_counter()
-    if weights is not None and weights.is_file():
+    # what the weights depend on: a cache trained otherwise is trained again, not reused
+    key = {"recipe": CNN_RECIPE, "epochs": epochs, "train_images": len(train_x), "seed": 0}
+    cached = torch.load(weights, weights_only=True) if weights and weights.is_file() else None
+    if isinstance(cached, dict) and cached.get("key") == key:
         from ihcflow.training.networks import CompactCNN
 
         net = CompactCNN(num_classes=int(train_y.max()) + 1, input_size=SIZE)
-        net.load_state_dict(torch.load(weights, weights_only=True))
+        net.load_state_dict(cached["state_dict"])
         net.eval()
         print(f"  loaded {weights}")
     else:
+        if cached is not None:
+            found = cached.get("key") if isinstance(cached, dict) else None
+            print(f"  {weights}: trained otherwise ({found or 'no settings recorded'})")
         print(f"  training a CompactCNN on {len(train_x)} pbc28 images ({epochs} epochs, CPU)")
         net = train_cnn(train_x, train_y, epochs)
         if weights is not None:
             weights.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(net.state_dict(), weights)
+            torch.save({"key": key, "state_dict": net.state_dict()}, weights)
     seconds = time.perf_counter() - start
     train_e, _ = embed(net, train_x)
     val_e, val_pred = embed(net, val_x)
