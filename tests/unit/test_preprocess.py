@@ -244,3 +244,23 @@ def test_a_jpeg_decoded_at_reduced_scale_gives_the_same_image(tmp_path, denoise)
     assert fast.features.keys() == full.features.keys()
     for name in ("brightness", "mean_r", "dab_mean", "hematoxylin_mean"):
         assert fast.features[name] == pytest.approx(full.features[name], rel=0.03, abs=0.01)
+
+
+def test_a_worker_process_starts_without_pandas() -> None:
+    """What a preprocess worker imports (the stage script, re-run by multiprocessing, and the
+    per-file module) stays light: pandas would double every worker's start-up."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('__mp_main__', 'stages/preprocess.py')\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "import ihcflow.images.worker\n"
+        "print(sorted(m for m in ('pandas', 'torch', 'sklearn') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
