@@ -9,8 +9,9 @@ JPEGs instead (cycled, each copy made distinct by a few trailing bytes). It prin
 
 - decode-only rate: read + ``cv2.imdecode`` of the same files, 1 process and W processes
   (warm pool: start-up is reported but not counted);
-- full preprocess rate (cold cache, W workers, start-up included) and its ratio to the
-  W-process decode rate (goal >= 0.9; conservative: only the stage pays for start-up);
+- full preprocess rate (cold cache, W workers, starting them included) and its ratio to the
+  W-process decode rate (goal >= 0.9). The stage's workers fork from the server the decode
+  pool started (one forkserver per process), so the stage pays for its workers, not that;
 - how far the output is from the same steps on a full-size decode (without denoising, the
   stage decodes a JPEG at 1/2, 1/4 or 1/8 scale when that keeps >= 4x the model size): the
   model-input pixels and the drift features;
@@ -211,7 +212,7 @@ def run_stage(data: Path, out: Path, cache: Path, cfg, workers: int) -> tuple[di
 def profile(paths: Sequence[Path], cfg, out: Path, limit: int = 200) -> dict[str, float]:
     """CPU milliseconds per image for each step of the stage, one thread (robust to a busy
     machine), and a plain full-resolution ``cv2.imdecode`` of the same bytes. The output
-    files go to a new folder ``out`` (kernel time: creating files costs 0.03-1 ms each on
+    files go to a new folder ``out`` (kernel time: creating files costs 0.03-2 ms each on
     the development machine's ext4, depending on where the new folder lands)."""
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # as in a worker

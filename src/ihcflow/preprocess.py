@@ -32,7 +32,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -86,8 +86,7 @@ class PreprocessParams(ImageParams):
 
 def cache_key(params: ImageParams) -> str:
     """Hash of the pixel params and the code/encoding versions: one cache folder per value."""
-    pixels = {f.name: getattr(params, f.name) for f in fields(ImageParams)}
-    return params_hash({"params": asdict(ImageParams(**pixels)), "version": CACHE_VERSION,
+    return params_hash({"params": asdict(image_params(params)), "version": CACHE_VERSION,
                         "png": list(PNG_PARAMS)})  # fmt: skip
 
 
