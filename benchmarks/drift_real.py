@@ -349,7 +349,8 @@ def ood_benchmark(
     val_x, val_y = arrays["val_images"][keep_val], arrays["val_labels"][keep_val, 0]
     start = time.perf_counter()
     # what the weights depend on: a cache trained otherwise is trained again, not reused
-    key = {"recipe": CNN_RECIPE, "epochs": epochs, "train_images": len(train_x), "seed": 0}
+    seed = 0
+    key = {"recipe": CNN_RECIPE, "epochs": epochs, "train_images": len(train_x), "seed": seed}
     cached = torch.load(weights, weights_only=True) if weights and weights.is_file() else None
     if isinstance(cached, dict) and cached.get("key") == key:
         from ihcflow.training.networks import CompactCNN
@@ -363,7 +364,7 @@ def ood_benchmark(
             found = cached.get("key") if isinstance(cached, dict) else None
             print(f"  {weights}: trained otherwise ({found or 'no settings recorded'})")
         print(f"  training a CompactCNN on {len(train_x)} pbc28 images ({epochs} epochs, CPU)")
-        net = train_cnn(train_x, train_y, epochs)
+        net = train_cnn(train_x, train_y, epochs, seed)
         if weights is not None:
             weights.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"key": key, "state_dict": net.state_dict()}, weights)

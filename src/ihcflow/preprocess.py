@@ -28,7 +28,6 @@ import math
 import multiprocessing
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -48,6 +47,7 @@ from ihcflow.images.worker import (  # the per-image work, in the worker process
     Task,
     image_params,
     init_worker,
+    link_or_copy,
     run_chunk,
     run_task,
 )
@@ -106,7 +106,6 @@ def _process(
             yield task.sha256, run_task(task, params)
         return
     chunk = max(1, min(_CHUNK_MAX, math.ceil(len(tasks) / (4 * workers))))
-    parts = _chunks(tasks, chunk)
     # forkserver: workers start from a clean process, not a fork of one holding threads.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["ihcflow.images.worker"])
@@ -115,7 +114,7 @@ def _process(
         workers, ctx, initializer=init_worker, initargs=(image_params(params),)
     ) as pool:
         try:
-            for part in parts:
+            for part in _chunks(tasks, chunk):
                 pending.add(pool.submit(run_chunk, part))
                 if len(pending) >= 2 * workers:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -171,13 +170,6 @@ def _journal(entries: Path | None) -> Iterator[IO[str] | None]:
         yield fh
 
 
-def _link(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links not supported
-        shutil.copyfile(src, dst)
-
-
 # ---------------------------------------------------------------- the data set
 def _check_manifest(manifest: pd.DataFrame) -> None:
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
@@ -223,7 +215,7 @@ def preprocess_dataset(
             cached = f"{entries}/{sha[:2]}/{sha}.png" if entries is not None else None
             if cached is not None and _is_cached(cached, known.get(sha)):
                 records[sha] = known[sha]
-                _link(cached, out)
+                link_or_copy(cached, out)
             else:
                 misses[sha] = Task(f"{data_dir}/{rel}", sha, out, cached)
         for sha, record in _process(list(misses.values()), params, workers):

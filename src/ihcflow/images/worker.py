@@ -66,16 +66,21 @@ def process_file(source: str | Path, sha256: str, params: ImageParams) -> tuple[
     return png, record
 
 
+def link_or_copy(src: str, dst: str) -> None:
+    """Hard-link ``src`` as ``dst``, or copy it where links cannot be made."""
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or no hard links
+        shutil.copyfile(src, dst)
+
+
 def publish(src: str, dst: str) -> None:
     """Make ``dst`` a complete copy of ``src`` in one rename (a hard link where possible)."""
     target = Path(dst)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp")
     try:
-        try:
-            os.link(src, tmp)
-        except OSError:  # another file system, or no hard links
-            shutil.copyfile(src, tmp)
+        link_or_copy(src, str(tmp))
         tmp.replace(target)
     except BaseException:
         tmp.unlink(missing_ok=True)
